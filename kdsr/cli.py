@@ -1,0 +1,244 @@
+"""The ``kdsr`` command line: run, validate, eval, profile, plugins.
+
+A user error (``KdsrError``) prints one line and exits with code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from kdsr.errors import KdsrError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KdsrError as exc:
+        if args.debug:
+            raise
+        print(f"kdsr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdsr: interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+def make_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    p = argparse.ArgumentParser(prog="kdsr", description="Knowledge distillation for efficient super-resolution.", parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", parents=[common], help="train and evaluate the stages of a config", description="Run a config: train every stage, evaluate, profile, write the report.")
+    r.add_argument("config", type=Path, help="YAML config")
+    r.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. stages.0.steps=100")
+    r.add_argument("--resume", action="store_true", help="continue the run in the config's run directory")
+    r.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", parents=[common], help="check a config without running it", description="Validate a config and every plugin option in it.")
+    v.add_argument("config", type=Path)
+    v.add_argument("overrides", nargs="*", metavar="key=value")
+    v.add_argument("--print", action="store_true", help="print the resolved config (every default filled in)")
+    v.set_defaults(func=cmd_validate)
+
+    e = sub.add_parser("eval", parents=[common], help="evaluate a finished run's models", description="Evaluate the models of a finished run on its eval sets or on given folders.")
+    e.add_argument("run_dir", type=Path, help="run directory (holds config.resolved.yaml)")
+    e.add_argument("--folder", action="append", type=Path, default=[], help="evaluate on this HR image folder instead (repeatable)")
+    e.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble")
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("profile", parents=[common], help="params, Multi-Adds and latency of backbones", description="Profile registered backbones (all of them at x2/x3/x4 by default) or the branches of a config.")
+    pr.add_argument("--backbone", action="append", default=[], help="backbone name (repeatable); default: every registered one")
+    pr.add_argument("--scale", type=int, action="append", default=[], help="scale (repeatable); default 2, 3, 4")
+    pr.add_argument("--option", action="append", default=[], metavar="key=value", help="backbone option, e.g. n_feats=32")
+    pr.add_argument("--config", type=Path, help="profile the branches of this config's stages instead")
+    pr.add_argument("--hr-size", default="720x1280", help="SR output size HxW for Multi-Adds (default 720x1280)")
+    pr.add_argument("--latency", action="store_true", help="also measure latency (median of 5)")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_profile)
+
+    pl = sub.add_parser("plugins", parents=[common], help="list or show plugins", description="Inspect installed plugins and what they register.")
+    plsub = pl.add_subparsers(dest="plugins_command", required=True, metavar="ACTION")
+    ls = plsub.add_parser("list", parents=[common], help="installed plugins, their versions and what they register")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--requirements", action="store_true", help="print name==version lines of external plugins")
+    ls.set_defaults(func=cmd_plugins_list)
+    sh = plsub.add_parser("show", parents=[common], help="details of a plugin or a registered name (options, taps)")
+    sh.add_argument("name")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=cmd_plugins_show)
+    return p
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kdsr.config import load_config
+    from kdsr.engine.build import check_config
+    from kdsr.engine.run import run
+
+    config = load_config(args.config, args.overrides)
+    check_config(config)
+    report = run(config, resume=args.resume)
+    if report:
+        print(f"report: {config.run_dir / 'report.md'}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from kdsr.config import dump_config, load_config
+    from kdsr.engine.build import check_config
+
+    config = load_config(args.config, args.overrides)
+    check_config(config)
+    print(dump_config(config) if args.print else f"{args.config}: ok ({len(config.stages)} stage(s))")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kdsr.engine.restore import evaluate_run
+
+    results = evaluate_run(args.run_dir, args.folder, args.self_ensemble)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for model, sets in results.items():
+        for s, ms in sets.items():
+            print(f"{model:24s} {s:12s} " + "  ".join(f"{m}={v:.4f}" for m, v in ms.items()))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from kdsr.report import profile_backbones
+
+    try:
+        h, w = (int(v) for v in args.hr_size.lower().split("x"))
+    except ValueError:
+        raise KdsrError(f"--hr-size '{args.hr_size}' must look like HEIGHTxWIDTH, e.g. 720x1280") from None
+    options = _parse_options(args.option)
+    rows = profile_backbones(args.backbone, args.scale or [2, 3, 4], options, (h, w), args.latency, args.config)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'model':28s} {'scale':>5s} {'params':>12s} {'Multi-Adds (G)':>15s}" + ("  latency (s)" if args.latency else ""))
+    for r in rows:
+        lat = f"  {r['latency_s']:.3f}" if "latency_s" in r else ""
+        print(f"{r['model']:28s} {r['scale']:>5d} {r['params']:>12,d} {r['macs'] / 1e9:>15.2f}{lat}")
+    print(f"(Multi-Adds by fvcore for a {w}x{h} SR output)")
+    return 0
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise KdsrError(f"--option '{item}' must look like key=value")
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def cmd_plugins_list(args: argparse.Namespace) -> int:
+    from kdsr.plugins import get_plugins
+
+    plugins = get_plugins()
+    infos = sorted(plugins.info.values(), key=lambda i: (not i.builtin, i.name))
+    if args.requirements:
+        for i in infos:
+            if not i.builtin and i.ok:
+                print(f"{_dist_name(i.name)}=={i.version}")
+        return 0
+    if args.json:
+        print(json.dumps([{"name": i.name, "version": i.version, "builtin": i.builtin, "error": i.error, "provides": i.provides} for i in infos], indent=1))
+        return 0
+    for i in infos:
+        status = "builtin" if i.builtin else i.version
+        if not i.ok:
+            print(f"{i.name} ({status}): FAILED: {i.error}")
+            continue
+        print(f"{i.name} ({status})")
+        for kind, names in sorted(i.provides.items()):
+            print(f"  {kind}: {', '.join(sorted(names))}")
+    return 0
+
+
+def _dist_name(plugin: str) -> str:
+    import importlib.metadata as md
+
+    for dist in md.distributions():
+        if any(ep.group == "kdsr" and ep.name == plugin for ep in dist.entry_points):
+            return dist.metadata["Name"]
+    return plugin
+
+
+def cmd_plugins_show(args: argparse.Namespace) -> int:
+    from kdsr.plugins import get_plugins
+
+    plugins = get_plugins()
+    found: list[dict[str, Any]] = []
+    if args.name in plugins.info:
+        i = plugins.info[args.name]
+        found.append({"plugin": i.name, "version": i.version, "builtin": i.builtin, "error": i.error, "provides": i.provides})
+    for reg in plugins.registries.values():
+        if args.name in reg:
+            found.append(describe_entry(reg.get(args.name)))
+    if not found:
+        from kdsr.errors import did_you_mean
+
+        names = list(plugins.info) + [n for r in plugins.registries.values() for n in r.names()]
+        raise KdsrError(f"no plugin or registered name '{args.name}'{did_you_mean(args.name, names)}; see `kdsr plugins list`")
+    if args.json:
+        print(json.dumps(found, indent=1, default=str))
+        return 0
+    for f in found:
+        print("\n".join(f"{k}: {v}" for k, v in f.items() if k != "options" and k != "taps"))
+        for opt in f.get("options", []):
+            print(f"  option {opt['name']}: {opt['type']} = {opt['default']}")
+        if f.get("taps"):
+            print(f"  taps: {', '.join(f['taps'])}")
+        print()
+    return 0
+
+
+def describe_entry(entry) -> dict[str, Any]:
+    import inspect
+
+    from kdsr.branches import feature_taps
+
+    info: dict[str, Any] = {"name": entry.name, "kind": entry.kind_label, "plugin": entry.plugin, "summary": entry.summary}
+    info["options"] = [
+        {
+            "name": n,
+            "type": getattr(p.annotation, "__name__", str(p.annotation)).replace("typing.", ""),
+            "default": None if p.default is inspect.Parameter.empty else p.default,
+        }
+        for n, p in entry.option_fields().items()
+    ]
+    if entry.kind_label == "backbone":
+        try:
+            import torch
+
+            with torch.device("meta"):
+                model = entry.factory(scale=2)
+            info["taps"] = list(feature_taps(model))
+            info["official_checkpoints"] = entry.extra.get("load_official") is not None
+        except Exception as exc:  # a backbone that cannot be built with defaults still gets listed
+            info["taps"] = [f"(could not build with defaults: {exc})"]
+    return info
+
+
+if __name__ == "__main__":
+    sys.exit(main())

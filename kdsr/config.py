@@ -1,0 +1,308 @@
+"""Run configuration: YAML (``safe_load`` only) -> validated, typed config.
+
+Every error names the key path, the bad value and the fix. Plugin options (``options:`` under a
+backbone, loss, dataset, ...) are checked against the plugin's own factory signature by
+``kdsr.registry`` when the run is resolved (see ``kdsr.engine.build``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kdsr.errors import KdsrError, did_you_mean
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Plugged(Strict):
+    """A named plugin thing plus its options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetSpec(Plugged):
+    """An image source; ``name`` is a registered dataset (folder, paired, samples, ...)."""
+
+    label: str | None = None  # how the set is called in reports; default: name or folder name
+
+
+class DataConfig(Strict):
+    train: DatasetSpec = Field(default_factory=lambda: DatasetSpec(name="samples"))
+    eval: list[DatasetSpec] = Field(default_factory=lambda: [DatasetSpec(name="samples")])
+    degradation: Plugged = Field(default_factory=lambda: Plugged(name="bicubic"))
+    patch_size: int = Field(48, ge=4, description="LR patch side")
+    batch_size: int = Field(16, ge=1)
+    augment: bool = True
+    cache: bool = True
+
+
+class ModelSpec(Strict):
+    """A network: a registered backbone with options and optional weights, or a branch of an earlier stage."""
+
+    backbone: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    weights: Path | None = None
+    from_stage: str | None = None
+    branch: str | None = None  # which branch of ``from_stage`` (default: its only/first trainable branch)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.backbone is None) == (self.from_stage is None):
+            raise ValueError("give exactly one of 'backbone' (a registered network) or 'from_stage' (an earlier stage)")
+        if self.from_stage is not None and (self.options or self.weights):
+            raise ValueError("'options'/'weights' do not apply with 'from_stage'; the stage's trained weights are used")
+        return self
+
+
+class StudentSpec(Strict):
+    """Student branches: a registered constructor with its options.
+
+    Shorthand: ``{backbone: NAME, options: {...}}`` means the ``independent`` constructor building
+    that backbone.
+    """
+
+    constructor: str = "independent"
+    options: dict[str, Any] = Field(default_factory=dict)
+    init: ModelSpec | None = None  # optional weights to start from (same architecture)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "backbone" in data:
+            data = dict(data)
+            if "constructor" in data:
+                raise ValueError("give either 'backbone' (an independent student) or 'constructor', not both")
+            data["constructor"] = "independent"
+            data["options"] = {"backbone": data.pop("backbone"), "options": data.get("options", {})}
+        return data
+
+
+class LossSpec(Plugged):
+    weight: float = 1.0
+    student: str = "student"  # branch the term trains
+    teacher: str | None = None  # reference branch; default 'teacher' when the loss needs one
+    label: str | None = None  # name in logs; default: loss name (+ branch when ambiguous)
+
+
+class OptimizerConfig(Strict):
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SchedulerConfig(Strict):
+    name: Literal["constant", "step", "multistep", "cosine"] = "constant"
+    step_size: int = Field(200_000, ge=1)
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = 0.5
+    warmup_steps: int = Field(0, ge=0)
+    min_lr: float = 0.0
+
+
+class StageConfig(Strict):
+    name: str
+    steps: int = Field(ge=0)
+    teacher: ModelSpec | None = None
+    student: StudentSpec
+    losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="l1")], min_length=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    grad_clip: float | None = Field(None, gt=0)
+    ema: float | None = Field(None, gt=0, lt=1, description="EMA decay; EMA weights are evaluated and exported")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(0, ge=0, description="0: only at the end of the stage")
+    checkpoint_every: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _names(self) -> StageConfig:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"stage name '{self.name}' must use only letters, digits, '_', '.', '-'")
+        return self
+
+
+class EvalConfig(Strict):
+    metrics: list[str] = Field(default_factory=lambda: ["psnr", "ssim"])
+    bicubic: bool = True
+    self_ensemble: bool = False
+
+
+class ProfileConfig(Strict):
+    hr_size: tuple[int, int] = (720, 1280)  # (H, W) of the SR output Multi-Adds are counted for
+    latency: bool = True
+    latency_repeats: int = Field(5, ge=1)
+    latency_hr_size: tuple[int, int] = (720, 1280)
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    out_dir: Path | None = None  # default: runs/<name>
+    seed: int = 0
+    scale: int = Field(ge=1, le=8)
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    stages: list[StageConfig] = Field(min_length=1)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    plugins: dict[str, str] = Field(default_factory=dict)  # recorded plugin versions (filled in on resolve)
+
+    @model_validator(mode="after")
+    def _stage_refs(self) -> RunConfig:
+        seen: list[str] = []
+        for stage in self.stages:
+            if stage.name in seen:
+                raise ValueError(f"two stages are named '{stage.name}'; stage names must be unique")
+            for spec in (stage.teacher, stage.student.init):
+                if spec is not None and spec.from_stage is not None and spec.from_stage not in seen:
+                    raise ValueError(
+                        f"stage '{stage.name}' uses from_stage '{spec.from_stage}', which is not an earlier stage"
+                        f"{did_you_mean(spec.from_stage, seen)}"
+                    )
+            seen.append(stage.name)
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir if self.out_dir is not None else Path("runs") / self.name
+
+
+# ---------------------------------------------------------------- loading
+
+
+class _NoTagsLoader(yaml.SafeLoader):
+    """safe_load semantics; kept as a name so Python tags are reported clearly."""
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise KdsrError(f"config file '{path}' does not exist; check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as exc:
+        tag = getattr(exc, "problem", "") or str(exc)
+        raise KdsrError(
+            f"config '{path}' uses a YAML tag kdsr refuses ({tag.strip()}); configs are plain data, remove the tag"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise KdsrError(f"config '{path}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError:
+        raise KdsrError(f"config '{path}' is not UTF-8 text") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise KdsrError(f"config '{path}' must be a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.0.c=value`` overrides; values are parsed as YAML scalars/lists (``lr=1e-3``, ``x=[1,2]``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise KdsrError(f"override '{item}' must look like key.path=value (e.g. stages.0.steps=100)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(data, key.strip(), value, item)
+    return data
+
+
+def _set_path(data: Any, key: str, value: Any, item: str) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise KdsrError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise KdsrError(f"override '{item}': '{'.'.join(parts[:i])}' is a value, not a section")
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate raw data; the first problem becomes a one-line KdsrError naming the key path."""
+    try:
+        return RunConfig.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise KdsrError(f"{source}: {describe_error(exc, data)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    data = apply_overrides(read_yaml(path), list(overrides or []))
+    return parse_config(data, str(path))
+
+
+def describe_error(exc: pydantic.ValidationError, data: Any) -> str:
+    err = exc.errors()[0]
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
+    path = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent_model = _model_at(RunConfig, loc[:-1])
+        known = list(parent_model.model_fields) if parent_model else []
+        return f"unknown key '{path}'{did_you_mean(str(loc[-1]), known)}; allowed here: {', '.join(known)}"
+    if kind == "missing":
+        return f"missing required key '{path}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    where = f"'{path}': " if path else ""
+    if "input" in err and kind not in ("value_error",) and not isinstance(err["input"], dict):
+        return f"{where}{msg} (got {err['input']!r})"
+    return f"{where}{msg}"
+
+
+def _model_at(model: type[BaseModel] | None, loc: list[Any]) -> type[BaseModel] | None:
+    import typing
+
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model
+
+
+def _inner_model(ann: Any) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def dump_config(config: RunConfig) -> str:
+    """YAML of the config with every default filled in."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,175 @@
+"""A whole run: stages in order, resumable, then the report.
+
+The run directory is never overwritten: starting a run where one exists is refused unless
+``--resume`` is given, and resuming checks that the config still describes the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from kdsr.branches import unique_modules
+from kdsr.config import RunConfig, dump_config
+from kdsr.data import TrainPatches
+from kdsr.engine import checkpoint, distributed
+from kdsr.engine.build import Stage, build_eval_sets, build_metrics, build_pairs, build_stage, pick_device
+from kdsr.engine.context import RunContext
+from kdsr.engine.evaluate import evaluate
+from kdsr.engine.logger import RunLogger
+from kdsr.engine.trainer import StageTrainer, final_weights_path
+from kdsr.errors import KdsrError
+from kdsr.plugins import get_plugins
+from kdsr.weights import read_state_dict, save_weights
+
+log = logging.getLogger("kdsr")
+
+RESOLVED = "config.resolved.yaml"
+PROGRESS = "progress.json"
+# keys that may change between a run and its resume (longer training, other logging)
+RESUMABLE_CHANGES = {"steps", "eval_every", "log_every", "checkpoint_every", "device", "threads", "plugins", "latency", "latency_repeats"}
+
+
+def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
+    run_dir = config.run_dir
+    resolved = run_dir / RESOLVED
+    if resume:
+        if not resolved.exists():
+            raise KdsrError(f"nothing to resume in '{run_dir}' (no {RESOLVED}); drop --resume to start the run")
+        saved = yaml.safe_load(resolved.read_text(encoding="utf-8"))
+        diff = _differences(saved, config.model_dump(mode="json"))
+        if diff:
+            raise KdsrError(
+                f"config differs from the run being resumed at '{diff[0]}'; resume with the run's own "
+                f"'{resolved}' or start a new run (set name/out_dir)"
+            )
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise KdsrError(
+            f"run directory '{run_dir}' already holds files; pass --resume to continue it, or set name=... / out_dir=... for a new run"
+        )
+    return run_dir
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k in RESUMABLE_CHANGES:
+                continue
+            out += _differences(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}.{i}")]
+    return [] if a == b else [path]
+
+
+def run(config: RunConfig, resume: bool = False) -> dict[str, Any]:
+    """Train every stage, evaluate, profile and write the report; returns the report."""
+    from kdsr.report import write_report
+
+    plugins = get_plugins()
+    config = config.model_copy(update={"plugins": plugins.versions()})
+    rank, world_size = distributed.world()
+    device = pick_device(config.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    distributed.init(device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = prepare_run_dir(config, resume)
+    main = distributed.is_main()
+    distributed.barrier()
+    plugins.hook.configure(config=config)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_atomic(run_dir / RESOLVED, dump_config(config).encode())
+    ctx = RunContext(config, run_dir, device, rank=rank, world_size=world_size)
+    progress = _read_progress(run_dir) if resume else {"done": [], "results": {}}
+    logger = RunLogger(run_dir, enabled=main)
+    try:
+        train_pairs = build_pairs(config, config.data.train, "data.train")
+        eval_sets = build_eval_sets(config)
+        metrics = build_metrics(config)
+
+        bicubic: dict[str, Any] = {}
+
+        def evaluate_branches(branches):
+            if config.eval.bicubic and not bicubic:  # the baseline does not change: score it once
+                bicubic.update(evaluate({}, eval_sets, metrics, config.scale, device, bicubic=True))
+            return {**bicubic, **evaluate(branches, eval_sets, metrics, config.scale, device, False, config.eval.self_ensemble)}
+
+        finished: dict[str, Stage] = {}
+        for i, sc in enumerate(config.stages):
+            torch.manual_seed(config.seed + i)  # identical initial weights on every rank and every resume
+            stage = build_stage(config, i, finished)
+            ctx.stage = stage
+            if sc.name in progress["done"]:
+                _load_final(stage, run_dir)
+                finished[sc.name] = stage
+                continue
+            if resume and main:
+                found = checkpoint.latest(run_dir / "checkpoints" / sc.name)
+                _truncate_log(run_dir, sc.name, found[0] if found else 0)
+            patches = TrainPatches(
+                train_pairs,
+                config.data.patch_size,
+                config.data.batch_size,
+                seed=config.seed * 1000 + i,
+                rank=rank,
+                world_size=world_size,
+                augment=config.data.augment,
+            )
+            trainer = StageTrainer(ctx, stage, patches, plugins.hook, logger, evaluate_branches)
+            results = trainer.run(resume)
+            trainer.finish()
+            if main:
+                save_weights(_collect_final(stage), final_weights_path(run_dir, sc.name), {"stage": sc.name})
+                progress["done"].append(sc.name)
+                progress["results"][sc.name] = results
+                checkpoint.write_atomic(run_dir / PROGRESS, json.dumps(progress, indent=1).encode())
+            distributed.barrier()
+            finished[sc.name] = stage
+        report = write_report(config, run_dir, finished, progress["results"], device) if main else {}
+        plugins.hook.end_run(run=ctx, report=report)
+        return report
+    finally:
+        logger.close()
+        distributed.shutdown()
+
+
+def _collect_final(stage: Stage) -> dict[str, torch.Tensor]:
+    return checkpoint.collect(unique_modules(stage.branches, trainable=True))
+
+
+def _load_final(stage: Stage, run_dir: Path) -> None:
+    path = final_weights_path(run_dir, stage.config.name)
+    checkpoint.restore(unique_modules(stage.branches, trainable=True), read_state_dict(path), str(path))
+
+
+def _read_progress(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / PROGRESS
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"done": [], "results": {}}
+
+
+def _truncate_log(run_dir: Path, stage: str, step: int) -> None:
+    """Drop log records the crashed process wrote after the checkpoint we resume from."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the crash
+        if rec.get("stage") == stage and rec.get("step", 0) > step:
+            continue
+        keep.append(line)
+    checkpoint.write_atomic(path, ("\n".join(keep) + ("\n" if keep else "")).encode())

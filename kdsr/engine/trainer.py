@@ -1,0 +1,234 @@
+"""One stage of training: the distillation step, checkpoints, periodic evaluation.
+
+Per step the engine runs each branch that some loss reads exactly once, with the union of the
+taps those losses asked for; a frozen teacher runs without autograd. Losses then see float32
+outputs, whatever the autocast precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from kdsr.branches import Branch, capture, unique_modules
+from kdsr.engine import checkpoint, distributed
+from kdsr.engine.build import Stage
+from kdsr.engine.context import RunContext
+from kdsr.engine.logger import RunLogger
+from kdsr.engine.schedule import make_optimizer, make_scheduler
+from kdsr.errors import NonFiniteLoss
+from kdsr.losses import Batch, Outputs
+
+log = logging.getLogger("kdsr")
+
+
+class StageTrainer:
+    """Trains one stage from step 0 or from its latest checkpoint."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        stage: Stage,
+        patches: Any,
+        hook: Any,
+        logger: RunLogger,
+        evaluate: Callable[[dict[str, Branch]], dict[str, Any]],
+    ) -> None:
+        self.ctx, self.stage, self.cfg = ctx, stage, stage.config
+        self.patches, self.hook, self.logger, self.evaluate = patches, hook, logger, evaluate
+        self.device = ctx.device
+        self.folder = ctx.run_dir / "checkpoints" / self.cfg.name
+        self.modules = unique_modules(stage.branches, trainable=True)
+        self.loss_modules = {f"loss{j}": t.loss for j, t in enumerate(stage.terms) if _has_state(t.loss)}
+        for m in [*stage.branches.values()]:
+            m.model.to(self.device)
+        for m in self.loss_modules.values():
+            m.to(self.device)
+        if self.cfg.channels_last:
+            for b in stage.branches.values():
+                b.model.to(memory_format=torch.channels_last)
+        self.params = _unique_params([*self.modules.values(), *self.loss_modules.values()])
+        distributed.broadcast_parameters(self.params)
+        self.optimizer = make_optimizer(self.params, self.cfg.optimizer)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg.scheduler, self.cfg.steps)
+        self.ema = (
+            {n: AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True) for n, m in self.modules.items()}
+            if self.cfg.ema
+            else {}
+        )
+        self.plan = self._plan()
+        self.needs_bicubic = any(t.loss.needs.bicubic for t in stage.terms)
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.precision == "bf16" else contextlib.nullcontext()
+        )
+
+    # ------------------------------------------------------------------ state
+    def _state_modules(self) -> dict[str, nn.Module]:
+        return {**self.modules, **self.loss_modules, **{f"ema.{n}": e for n, e in self.ema.items()}}
+
+    def save(self, step: int) -> None:
+        if not distributed.is_main():
+            return
+        state = {
+            "step": step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": checkpoint.rng_state(),
+        }
+        checkpoint.save(self.folder, step, self._state_modules(), state)
+
+    def restore(self) -> int:
+        found = checkpoint.latest(self.folder)
+        if found is None:
+            return 0
+        step, weights, state = found
+        checkpoint.restore(self._state_modules(), weights, str(self.folder))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        log.info("resumed stage '%s' at step %d", self.cfg.name, step)
+        return step
+
+    # ------------------------------------------------------------------ step
+    def _plan(self) -> dict[str, tuple[str, ...]]:
+        """Branch -> taps to record, for the branches some loss reads (frozen ones first)."""
+        plan: dict[str, list[str]] = {}
+        for t in self.stage.terms:
+            if t.teacher is not None:
+                plan.setdefault(t.teacher, []).extend(t.loss.needs.teacher_taps)
+            plan.setdefault(t.student, []).extend(t.loss.needs.student_taps)
+        order = sorted(plan, key=lambda n: self.stage.branches[n].trainable)
+        return {n: tuple(dict.fromkeys(plan[n])) for n in order}
+
+    def forward(self, lr: torch.Tensor) -> dict[str, Outputs]:
+        outputs: dict[str, Outputs] = {}
+        for name, taps in self.plan.items():
+            branch = self.stage.branches[name]
+            with torch.set_grad_enabled(branch.trainable), self.autocast, capture(branch.model, taps) as store:
+                sr = branch(lr)
+            outputs[name] = Outputs(sr.float(), {k: v.float() for k, v in store.items()})
+        return outputs
+
+    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, step: int) -> dict[str, float]:
+        if self.cfg.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        outputs = self.forward(lr)
+        bicubic = F.interpolate(lr, scale_factor=self.ctx.config.scale, mode="bicubic", align_corners=False) if self.needs_bicubic else None
+        batch = Batch(lr, hr, bicubic)
+        total = torch.zeros((), device=self.device)
+        values: dict[str, float] = {}
+        for t in self.stage.terms:
+            teacher = outputs[t.teacher] if t.teacher is not None else None
+            term = t.weight * t.loss(outputs[t.student], teacher, batch)
+            total = total + term
+            values[t.label] = term.detach()
+        values = {k: float(v) for k, v in values.items()}
+        values["loss"] = float(total.detach())
+        values = distributed.mean_scalars(values, self.device)
+        if not all(v == v and abs(v) != float("inf") for v in values.values()):
+            bad = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise NonFiniteLoss(
+                f"stage '{self.cfg.name}' step {step}: non-finite loss ({bad}); the last good checkpoint in "
+                f"'{self.folder}' is kept; lower the learning rate or enable grad_clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        distributed.average_gradients(self.params)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        for name, ema in self.ema.items():
+            ema.update_parameters(self.modules[name])
+        return values
+
+    # ------------------------------------------------------------------ loop
+    def eval_branches(self) -> dict[str, Branch]:
+        """Branches as evaluated/exported: EMA weights where EMA is on; a teacher trained by an
+        earlier stage was scored there already."""
+        out = {}
+        teacher = self.cfg.teacher
+        for name, b in self.stage.branches.items():
+            if not b.trainable and teacher is not None and teacher.from_stage is not None:
+                continue
+            owner = next((n for n, m in self.modules.items() if m is b.model), None)
+            model = self.ema[owner].module if owner in self.ema else b.model
+            out[name] = Branch(model, b.kwargs, b.trainable)
+        return out
+
+    def run(self, resume: bool) -> dict[str, Any]:
+        for m in self.modules.values():
+            m.train()
+        start = self.restore() if resume else 0
+        steps = self.cfg.steps
+        bar = tqdm(total=steps, initial=start, desc=f"train {self.cfg.name}", disable=None if distributed.is_main() else True)
+        t0, window = time.perf_counter(), 0
+        results: dict[str, Any] = {}
+        for step in range(start, steps):
+            self.hook.before_step(run=self.ctx, step=step)
+            lr, hr = self.patches.batch(step)
+            values = self.train_step(lr.to(self.device), hr.to(self.device), step)
+            self.hook.after_step(run=self.ctx, step=step, losses=values)
+            done = step + 1
+            window += 1
+            bar.update(1)
+            if done % self.cfg.log_every == 0 or done == steps:
+                elapsed = time.perf_counter() - t0
+                record = {**values, "lr": self.optimizer.param_groups[0]["lr"], "s_per_step": elapsed / window}
+                self.logger.write("train", self.cfg.name, done, record)
+                bar.set_postfix(loss=f"{values['loss']:.4g}")
+                t0, window = time.perf_counter(), 0
+            if done % self.cfg.checkpoint_every == 0 or done == steps:
+                self.save(done)
+            if self.cfg.eval_every and done % self.cfg.eval_every == 0 and done < steps:
+                results = self._eval(done)
+        bar.close()
+        results = self._eval(steps)
+        return results
+
+    def _eval(self, step: int) -> dict[str, Any]:
+        results = self.evaluate(self.eval_branches()) if distributed.is_main() else {}
+        distributed.barrier()
+        if results:
+            self.logger.write("eval", self.cfg.name, step, {"results": results})
+            for branch, sets in results.items():
+                log.info("eval %s step %d %s: %s", self.cfg.name, step, branch, _fmt(sets))
+        self.hook.after_eval(run=self.ctx, step=step, results=results)
+        return results
+
+    def finish(self) -> dict[str, Branch]:
+        """Adopt EMA weights (if any) into the stage's networks and return the final branches."""
+        for name, ema in self.ema.items():
+            self.modules[name].load_state_dict(ema.module.state_dict())
+        return self.stage.branches
+
+
+def _fmt(sets: dict[str, dict[str, float]]) -> str:
+    return "; ".join(f"{s} " + " ".join(f"{m}={v:.4f}" for m, v in ms.items()) for s, ms in sets.items())
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _unique_params(modules: list[nn.Module]) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for m in modules:
+        for p in m.parameters():
+            if p.requires_grad:
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def final_weights_path(run_dir: Path, stage: str) -> Path:
+    return run_dir / "checkpoints" / stage / "final.safetensors"

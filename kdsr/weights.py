@@ -1,0 +1,138 @@
+"""Loading and saving network weights safely (safetensors, or ``torch.load(weights_only=True)``).
+
+Checkpoints of reference implementations come wrapped in many ways (BasicSR/SwinIR ``params`` /
+``params_ema``, ``state_dict``, ``model``, DDP's ``module.`` prefix); ``read_state_dict`` unwraps
+them, and a backbone's ``load_official`` maps the reference key names onto kdsr's module.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kdsr.errors import KdsrError
+
+WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net", "network")
+
+
+def read_state_dict(path: str | Path, prefer: str = "params_ema") -> dict[str, torch.Tensor]:
+    """Tensors of a weight file, unwrapped; refuses pickles that would run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdsrError(f"weights file '{path}' does not exist; check the path")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise KdsrError(f"weights file '{path}' is not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise KdsrError(
+            f"weights file '{path}' contains pickled code, which kdsr refuses to run ({str(exc).splitlines()[0]}); "
+            f"convert it to a plain state dict or safetensors with a trusted tool"
+        ) from None
+    except Exception as exc:
+        raise KdsrError(f"weights file '{path}' could not be read as a torch checkpoint ({type(exc).__name__}: {exc})") from None
+    return unwrap(obj, path, prefer)
+
+
+def unwrap(obj: object, path: str | Path = "<memory>", prefer: str = "params_ema") -> dict[str, torch.Tensor]:
+    """Find the state dict inside a checkpoint object."""
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise KdsrError(f"weights file '{path}' holds a {type(obj).__name__}, not a state dict")
+    keys = [prefer, *[k for k in WRAPPER_KEYS if k != prefer]]
+    for key in keys:
+        if key in obj and isinstance(obj[key], Mapping):
+            return unwrap(obj[key], path, prefer)
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise KdsrError(f"weights file '{path}' has no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | Path,
+    convert: Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    strict: bool = True,
+    check_only: bool = False,
+) -> None:
+    """Load ``path`` into ``model``; a mismatch is a one-line error naming keys and the likely cause.
+
+    ``check_only`` reads and checks the file without copying it into the model.
+    """
+    state = read_state_dict(path)
+    if convert is not None and not _matches(model, state):
+        state = convert(model, state)
+    check_compatible(model, state, str(path), strict)
+    if not check_only:
+        model.load_state_dict(state, strict=strict)
+
+
+def _matches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
+    return set(state) == set(model.state_dict())
+
+
+def check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, strict: bool = True) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if shapes:
+        cause = _likely_cause(shapes)
+        raise KdsrError(
+            f"weights '{source}' do not fit {type(model).__name__}: shape mismatch at {_few(shapes)}; {cause}"
+        )
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_few(unexpected)}")
+        cause = _likely_cause(missing + unexpected) if _is_upsampler(missing + unexpected) else (
+            "likely another architecture or variant (check backbone and its options)"
+        )
+        raise KdsrError(f"weights '{source}' do not fit {type(model).__name__}: {'; '.join(parts)}; {cause}")
+
+
+UPSAMPLER_WORDS = ("upsampl", "tail", "upconv", "conv_up")
+
+
+def _is_upsampler(keys: list[str]) -> bool:
+    return any(w in " ".join(keys).lower() for w in UPSAMPLER_WORDS)
+
+
+def _likely_cause(keys: list[str]) -> str:
+    if _is_upsampler(keys):
+        return "likely a checkpoint for another scale (check `scale`)"
+    return "likely another width/depth (check the backbone options such as n_feats)"
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    head = ", ".join(items[:n])
+    return head + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def save_weights(state: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (a crash never leaves a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)

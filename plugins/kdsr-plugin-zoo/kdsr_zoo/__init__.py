@@ -1,0 +1,18 @@
+"""kdsr-plugin-zoo: SR architectures, one self-contained file each.
+
+Each architecture module exposes ``register_backbones(register)``; this package hooks them all.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from kdsr import hookimpl
+
+ARCHITECTURES = ("edsr", "rcan", "carn", "swinir", "imdn")
+
+
+@hookimpl
+def register_backbones(register) -> None:
+    for name in ARCHITECTURES:
+        importlib.import_module(f"kdsr_zoo.{name}").register_backbones(register)
