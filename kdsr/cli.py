@@ -67,6 +67,14 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_profile)
 
+    c = sub.add_parser("convert", parents=[common], help="convert an official checkpoint to safetensors", description="Read a reference implementation's checkpoint (EDSR-PyTorch, RCAN, CARN, SwinIR, BasicSR ...), map it onto a kdsr backbone, check it strictly and write safetensors.")
+    c.add_argument("source", type=Path, help="checkpoint file (.pt/.pth/.safetensors)")
+    c.add_argument("output", type=Path, help="output .safetensors file")
+    c.add_argument("--backbone", required=True, help="registered backbone name")
+    c.add_argument("--scale", type=int, required=True)
+    c.add_argument("--option", action="append", default=[], metavar="key=value", help="backbone option, e.g. n_feats=256")
+    c.set_defaults(func=cmd_convert)
+
     pl = sub.add_parser("plugins", parents=[common], help="list or show plugins", description="Inspect installed plugins and what they register.")
     plsub = pl.add_subparsers(dest="plugins_command", required=True, metavar="ACTION")
     ls = plsub.add_parser("list", parents=[common], help="installed plugins, their versions and what they register")
@@ -136,6 +144,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
         lat = f"  {r['latency_s']:.3f}" if "latency_s" in r else ""
         print(f"{r['model']:28s} {r['scale']:>5d} {r['params']:>12,d} {r['macs'] / 1e9:>15.2f}{lat}")
     print(f"(Multi-Adds by fvcore for a {w}x{h} SR output)")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from kdsr.plugins import registry
+    from kdsr.weights import load_weights, save_weights
+
+    if args.output.suffix != ".safetensors":
+        raise KdsrError(f"output '{args.output}' must end in .safetensors")
+    entry = registry("backbone").get(args.backbone, where="--backbone")
+    model = registry("backbone").create(args.backbone, _parse_options(args.option), where="--option", scale=args.scale)
+    load_weights(model, args.source, entry.extra.get("load_official"))
+    save_weights(model.state_dict(), args.output, {"backbone": args.backbone, "scale": str(args.scale), "source": args.source.name})
+    print(f"wrote {args.output} ({len(model.state_dict())} tensors, {args.backbone} x{args.scale})")
     return 0
 
 

@@ -51,8 +51,7 @@ def psnr(sr: Tensor, hr: Tensor, shave: int, y_channel: bool = True) -> float:
 
 def ssim(sr: Tensor, hr: Tensor, shave: int, y_channel: bool = True) -> float:
     """Mean SSIM (1.0 for identical images); needs at least 11x11 pixels left after shaving."""
-    a, b = _prepare(sr, hr, shave, y_channel, "ssim", min_size=SSIM_WINDOW)
-    x, y = a, b
+    x, y = _prepare(sr, hr, shave, y_channel, "ssim", min_size=SSIM_WINDOW)
     mu_x, mu_y = _gaussian_filter(x), _gaussian_filter(y)
     var_x = _gaussian_filter(x * x) - mu_x**2
     var_y = _gaussian_filter(y * y) - mu_y**2

@@ -75,7 +75,10 @@ def load_weights(
     """
     state = read_state_dict(path)
     if convert is not None and not _matches(model, state):
-        state = convert(model, state)
+        try:
+            state = convert(model, state)
+        except KdsrError as exc:
+            raise KdsrError(f"{exc} (file '{path}')") from None
     check_compatible(model, state, str(path), strict)
     if not check_only:
         model.load_state_dict(state, strict=strict)
@@ -95,7 +98,7 @@ def check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor], source
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if shapes:
-        cause = _likely_cause(shapes)
+        cause = _likely_cause([s.split(" ")[0] for s in shapes])
         raise KdsrError(
             f"weights '{source}' do not fit {type(model).__name__}: shape mismatch at {_few(shapes)}; {cause}"
         )
@@ -115,7 +118,8 @@ UPSAMPLER_WORDS = ("upsampl", "tail", "upconv", "conv_up")
 
 
 def _is_upsampler(keys: list[str]) -> bool:
-    return any(w in " ".join(keys).lower() for w in UPSAMPLER_WORDS)
+    """Only upsampler keys differ: the hallmark of a checkpoint for another scale (a width change touches every layer)."""
+    return bool(keys) and all(any(w in k.lower() for w in UPSAMPLER_WORDS) for k in keys)
 
 
 def _likely_cause(keys: list[str]) -> str:

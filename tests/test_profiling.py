@@ -182,6 +182,18 @@ def test_fallback_to_real_tensors_when_meta_cannot_run() -> None:
         profile_macs(on_meta, (6, 6))
 
 
+def test_a_meta_trace_that_loses_a_convolution_is_not_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kdsr.profiling as profiling
+
+    def shape_only(n: int, transposed: bool):  # a "convolution" the tracer cannot see as one
+        return lambda input, weight, *args, **kwargs: input.new_zeros(1, weight.shape[0], *input.shape[2:])
+
+    monkeypatch.setattr(profiling, "_aten_conv", shape_only)
+    with pytest.warns(RuntimeWarning, match=r"recorded no Multi-Adds for body\.0, head, tail"):
+        result = profile_macs(TinySR(), (4, 4))
+    assert result.traced_on == "cpu" and result.total == profile_macs(TinySR(), (4, 4), meta=False).total
+
+
 def test_profiling_does_not_touch_the_model() -> None:
     model = TinySR().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

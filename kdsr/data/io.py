@@ -15,6 +15,7 @@ from PIL import Image
 from torch import Tensor
 
 from kdsr.errors import KdsrError
+from kdsr.metrics import quantize  # noqa: F401  (re-exported: one implementation)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
@@ -109,8 +110,3 @@ def list_images(folder: str | Path) -> list[Path]:
 def to_float(img: Tensor) -> Tensor:
     """uint8 -> float32 in [0, 1]."""
     return img.to(torch.float32).div_(255)
-
-
-def quantize(x: Tensor) -> Tensor:
-    """Round to the 8-bit grid and clip to [0, 1], as saving to PNG would (the protocol for SR outputs)."""
-    return x.clamp(0, 1).mul(255).round().div(255)

@@ -4,8 +4,8 @@ Faithful to the reference implementation (Zheng222/IMDN ``model/architecture.py`
 ``model/block.py``): same maths, and IMDN keeps the reference's module names, so its official
 checkpoints (``checkpoints/IMDN_x{2,3,4}.pth``) load as they are (a DataParallel ``module.`` prefix
 is stripped). IMDN_RTC uses IMDN's names instead of the reference's nested ``model.*`` Sequential;
-``load_official`` renames ``checkpoints/model_RTC.pth``. The networks work on RGB in [0, 1] with no mean shift,
-as the reference test script feeds them.
+``load_official`` renames ``checkpoints/model_RTC.pth``. The networks work on RGB in [0, 1] with no
+mean shift, as the reference test script feeds them.
 
 IMDN_AS (the reference's "any scale" model) is not registered: it maps a bicubic-upsampled image
 to an image of the same size (two stride-2 convs, then x4 pixel shuffle), which does not fit a
@@ -63,7 +63,9 @@ class IMDModule(nn.Module):
     channels and refine the rest, concat the distilled parts, fuse with a 1x1 conv and a skip.
 
     ``attention=False`` gives the reference's ``IMDModule_speed`` (no CCA, 1x1 fusion only), used by
-    IMDN_RTC.
+    IMDN_RTC. The fusion conv ``c5`` takes the 4 x distilled concatenated channels; the reference
+    writes ``in_channels`` there, the same number for rate 1/4 and widths divisible by 4 (its only
+    working settings), so other rates and widths work here instead of failing.
     """
 
     def __init__(self, channels: int, distillation_rate: float = 0.25, attention: bool = True) -> None:
@@ -195,9 +197,13 @@ def _check(name: str, scale: int, nf: int, num_modules: int, distillation_rate: 
         raise KdsrError(f"backbone '{name}': num_modules must be at least 1 (got {num_modules})")
     distilled = int(nf * distillation_rate)
     if not 0 < distilled < nf:
-        raise KdsrError(f"backbone '{name}': nf {nf} x distillation_rate {distillation_rate} must leave 1..nf-1 distilled channels")
+        raise KdsrError(
+            f"backbone '{name}': nf {nf} x distillation_rate {distillation_rate} must give 1..nf-1 distilled channels"
+        )
     if cca and distilled * 4 < CCA_REDUCTION:
-        raise KdsrError(f"backbone '{name}': nf {nf} is too narrow for the channel attention (needs 4 x distilled >= {CCA_REDUCTION})")
+        raise KdsrError(
+            f"backbone '{name}': nf {nf} is too narrow for the channel attention (needs 4 x distilled >= {CCA_REDUCTION})"
+        )
 
 
 def imdn(scale: int, nf: int = 64, num_modules: int = 6, distillation_rate: float = 0.25) -> IMDN:

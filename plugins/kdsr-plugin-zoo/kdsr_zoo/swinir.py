@@ -28,10 +28,17 @@ from collections.abc import Sequence
 
 import torch
 from einops import rearrange
-from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from kdsr import KdsrError, Tap
+
+
+def _timm_layers():
+    """timm's layers, imported on first use: importing timm pulls in torchvision (~3 s of start-up
+    that every `kdsr` command would otherwise pay just to list this backbone)."""
+    from timm import layers
+
+    return layers
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean the reference subtracts (img_range 1)
 NUM_FEAT = 64  # channels of the classical 'pixelshuffle' reconstruction head (fixed in the reference)
@@ -95,7 +102,7 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(window_size))
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
-        trunc_normal_(self.relative_position_bias_table, std=0.02)
+        _timm_layers().trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: (B*nW) x N x C windows, batch-major; ``mask``: nW x N x N or None."""
@@ -123,9 +130,9 @@ class SwinTransformerBlock(nn.Module):
         self.shift_size = shift_size
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window_size, num_heads)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = _timm_layers().DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = _timm_layers().Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         ws, shift = self.window_size, self.shift_size
@@ -149,9 +156,9 @@ class ResidualGroup(nn.Module):
         self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float, drop_path: Sequence[float]
     ) -> None:
         super().__init__()
+        shifts = [0 if i % 2 == 0 else window_size // 2 for i in range(depth)]  # W-MSA, SW-MSA, W-MSA, ...
         self.blocks = nn.ModuleList(
-            SwinTransformerBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, mlp_ratio, drop_path[i])
-            for i in range(depth)
+            SwinTransformerBlock(dim, num_heads, window_size, shifts[i], mlp_ratio, drop_path[i]) for i in range(depth)
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -251,7 +258,10 @@ class SwinIR(nn.Module):
 
         self.conv_first = nn.Conv2d(3, embed_dim, 3, 1, 1)
         self.patch_embed = PatchEmbed(embed_dim)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()  # stochastic depth, as the reference
+        # Stochastic depth rising linearly over all layers, as in the reference (plain floats, so the
+        # model also builds on the meta device).
+        n = sum(depths)
+        rates = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
         starts = [sum(depths[:i]) for i in range(len(depths))]
         self.layers = nn.ModuleList(
             RSTB(embed_dim, d, h, window_size, mlp_ratio, rates[s : s + d]) for d, h, s in zip(depths, num_heads, starts)
@@ -307,7 +317,7 @@ class SwinIR(nn.Module):
 def _init_weights(m: nn.Module) -> None:
     """The reference's init (convs keep PyTorch's default); matters only when training from scratch."""
     if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
+        _timm_layers().trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.LayerNorm):
@@ -316,14 +326,24 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def _check(
-    name: str, scale: int, supported: tuple[int, ...], embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_size: int
+    name: str,
+    scale: int,
+    supported: tuple[int, ...],
+    embed_dim: int,
+    depths: Sequence[int],
+    num_heads: Sequence[int],
+    window_size: int,
 ) -> None:
     if scale not in supported:
         raise KdsrError(f"backbone '{name}' supports scale {', '.join(map(str, supported))}, not {scale}")
     if not depths or len(depths) != len(num_heads):
-        raise KdsrError(f"backbone '{name}': depths and num_heads need one entry per RSTB (got {list(depths)} and {list(num_heads)})")
+        raise KdsrError(
+            f"backbone '{name}': depths and num_heads need one entry per RSTB (got {list(depths)} and {list(num_heads)})"
+        )
     if any(embed_dim % h for h in num_heads):
-        raise KdsrError(f"backbone '{name}': embed_dim {embed_dim} must be divisible by every num_heads entry {list(num_heads)}")
+        raise KdsrError(
+            f"backbone '{name}': embed_dim {embed_dim} must be divisible by every num_heads entry {list(num_heads)}"
+        )
     if window_size < 2:
         raise KdsrError(f"backbone '{name}': window_size must be at least 2 (got {window_size})")
 

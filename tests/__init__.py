@@ -1,0 +1,1 @@
+"""kdsr core tests."""
