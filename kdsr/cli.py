@@ -55,7 +55,16 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--folder", action="append", type=Path, default=[], help="evaluate on this HR image folder instead (repeatable)")
     e.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble")
     e.add_argument("--json", action="store_true", help="machine-readable output")
+    _policy_args(e, default=None)
     e.set_defaults(func=cmd_eval)
+
+    i = sub.add_parser("infer", parents=[common], help="super-resolve images with a finished run", description="Super-resolve image files or folders with a run's branches, routed by an inference policy, tiled to any size. Writes PNGs and infer.json (branches chosen, Multi-Adds spent vs full, time).")
+    i.add_argument("run_dir", type=Path, help="run directory (holds config.resolved.yaml)")
+    i.add_argument("inputs", type=Path, nargs="+", help="LR image files or folders")
+    i.add_argument("--out", type=Path, required=True, help="output folder")
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _policy_args(i, default="full")
+    i.set_defaults(func=cmd_infer)
 
     pr = sub.add_parser("profile", parents=[common], help="params, Multi-Adds and latency of backbones", description="Profile registered backbones (all of them at x2/x3/x4 by default) or the branches of a config.")
     pr.add_argument("--backbone", action="append", default=[], help="backbone name (repeatable); default: every registered one")
@@ -88,7 +97,47 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _policy_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--policy", default=default, help="inference policy: full, fixed, difficulty, budget, or a plugin's" + (f" (default {default})" if default else ""))
+    p.add_argument("--policy-option", action="append", default=[], metavar="key=value", help="policy option, e.g. budget=0.5 (repeatable)")
+    p.add_argument("--width", type=float, help="shorthand for --policy fixed --policy-option width=W")
+    p.add_argument("--branch", help="shorthand for --policy fixed --policy-option branch=NAME")
+    p.add_argument("--tile", type=int, default=128, help="LR tile side (0: whole image at once; default 128)")
+    p.add_argument("--overlap", type=int, default=16, help="LR context pixels around each tile (default 16)")
+    p.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
+
+
+def _router(args: argparse.Namespace):
+    from kdsr.engine.infer import make_router
+
+    policy, options = args.policy, _parse_options(args.policy_option)
+    if args.width is not None or args.branch is not None:
+        if args.width is not None and args.branch is not None:
+            raise KdsrError("give --width or --branch, not both")
+        policy = "fixed"
+        options = {"width": args.width} if args.width is not None else {"branch": args.branch}
+    if policy is None:
+        return None
+    if args.tile < 0 or args.overlap < 0 or args.batch < 1:
+        raise KdsrError("--tile and --overlap must be >= 0 and --batch >= 1")
+    return make_router(args.run_dir, policy, options, args.tile or None, args.overlap, args.batch)[1]
+
+
 # ---------------------------------------------------------------- commands
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from kdsr.engine.infer import infer
+
+    summary = infer(_router(args), args.inputs, args.out)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(
+            f"wrote {len(summary['images'])} image(s) to {args.out}; Multi-Adds {summary['macs_fraction']:.1%} of the full "
+            f"branch, {summary['seconds']:.2f} s (details: {args.out / 'infer.json'})"
+        )
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -117,7 +166,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from kdsr.engine.restore import evaluate_run
 
-    results = evaluate_run(args.run_dir, args.folder, args.self_ensemble)
+    results = evaluate_run(args.run_dir, args.folder, args.self_ensemble, _router(args))
     if args.json:
         print(json.dumps(results, indent=1))
         return 0

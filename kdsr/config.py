@@ -128,8 +128,8 @@ class StageConfig(Strict):
 
     @model_validator(mode="after")
     def _names(self) -> StageConfig:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise ValueError(f"stage name '{self.name}' must use only letters, digits, '_', '.', '-'")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
+            raise ValueError(f"stage name '{self.name}' must use only letters, digits, '_' and '-'")
         return self
 
 

@@ -42,7 +42,9 @@ def register_students(register: Register) -> None:
 
     ``register(name, factory)`` where ``factory(teacher: nn.Module | None, scale: int, **options)
     -> dict[str, kdsr.Branch]`` returns the trainable branches (e.g. an independent small network,
-    or several widths of one weight-shared network).
+    or several widths of one weight-shared network). A network shared by several branches may define
+    ``branch_params(**branch.kwargs) -> int`` so reports count only the parameters a branch uses;
+    Multi-Adds are traced per branch with its kwargs.
     """
 
 
@@ -51,7 +53,10 @@ def register_losses(register: Register) -> None:
     """Register reconstruction and distillation losses.
 
     ``register(name, factory)`` where ``factory(**options) -> kdsr.Loss``. A loss declares what it needs
-    (``Loss.needs``) so the engine runs only those forward passes and taps, once per step.
+    (``Loss.needs``) so the engine runs only those forward passes and taps, once per step. Its
+    parameters (adaptors, gates) are trained and checkpointed with the student; lazy modules
+    (``nn.LazyConv2d``) are materialised by one no-grad pass on the first batch before the
+    optimiser is built.
     """
 
 

@@ -5,6 +5,10 @@ list`` shows the error) and the others keep working. Environment switches for a 
 
 * ``KDSR_PLUGINS=a,b`` loads only these external plugins;
 * ``KDSR_DISABLE_PLUGINS=a,b`` skips these (``*`` skips every external plugin).
+
+A plugin module may declare the plugin-API version(s) it was written for, ``KDSR_PLUGIN_API = 1``
+or ``KDSR_PLUGIN_API = (1, 2)``; one that does not include ``kdsr.PLUGIN_API`` is refused with a
+one-line error (listed as failed) instead of breaking later. Declaring nothing means "any API".
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ class Plugins:
         """Register one plugin object and run its registration hooks, isolating its failures."""
         info = PluginInfo(name, version, builtin)
         self.info[name] = info
+        info.error = api_mismatch(module, name)
+        if info.error:
+            return info
         try:
             self.pm.register(module, name=name)
         except Exception as exc:  # pluggy validation error, name clash, ...
@@ -163,6 +170,25 @@ def reset_plugins() -> None:
 def registry(kind: str) -> Registry:
     """Shortcut: the registry of one kind in the process-wide plugin set."""
     return get_plugins().registry(kind)
+
+
+def api_mismatch(module: object, name: str) -> str | None:
+    """Why a plugin's declared ``KDSR_PLUGIN_API`` rules it out for this kdsr, or ``None``."""
+    import kdsr
+
+    declared = getattr(module, "KDSR_PLUGIN_API", None)
+    if declared is None:
+        return None
+    versions = (declared,) if isinstance(declared, int) else declared
+    if not isinstance(versions, (tuple, list, set, frozenset, range)) or not all(isinstance(v, int) for v in versions):
+        return f"plugin '{name}' declares KDSR_PLUGIN_API = {declared!r}; expected an int or a tuple of ints"
+    if kdsr.PLUGIN_API in versions:
+        return None
+    wanted = ", ".join(str(v) for v in sorted(versions))
+    return (
+        f"plugin '{name}' targets kdsr plugin API {wanted} but kdsr {kdsr.__version__} provides API {kdsr.PLUGIN_API}; "
+        f"install a release of the plugin built for API {kdsr.PLUGIN_API} (or a kdsr that provides API {wanted})"
+    )
 
 
 def _env_list(var: str) -> set[str] | None:

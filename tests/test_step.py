@@ -126,3 +126,32 @@ def test_contributing_example_loss_works():
     value = loss(kdsr.Outputs(s_sr, st), kdsr.Outputs(t_sr, tt), kdsr.Batch(lr, hr))
     value.backward()
     assert value > 0 and any(p.grad is not None for p in s_net.parameters())
+
+
+def test_lazy_loss_parameters_are_materialised_and_trained(tmp_path):
+    class Adapted(kdsr.Loss):
+        needs = kdsr.Needs(teacher=True, student_taps=("body",), teacher_taps=("body",))
+
+        def __init__(self):
+            super().__init__()
+            self.adaptor = torch.nn.LazyConv2d(8, 1)
+
+        def forward(self, s, t, b):
+            return (self.adaptor(s.taps["body"]) - t.taps["body"]).abs().mean()
+
+    class Patches:
+        def batch(self, step):
+            return batch()
+
+    data = tiny_config(tmp_path, steps=2)
+    data["stages"][1]["teacher"] = {"backbone": "edsr_baseline", "options": {"n_feats": 8, "n_resblocks": 1}}
+    config = parse_config(data)
+    st = build_stage(config, 1, {})
+    st.terms[0].loss = Adapted()
+    tr = StageTrainer(RunContext(config, tmp_path / "run", torch.device("cpu")), st, Patches(), None, None, None)
+    adaptor = st.terms[0].loss.adaptor
+    assert adaptor.weight.shape == (8, 4, 1, 1)  # student body has 4 channels, teacher 8
+    assert any(p is adaptor.weight for p in tr.params)
+    w0 = adaptor.weight.clone()
+    tr.train_step(*batch(), 0)
+    assert not torch.equal(w0, adaptor.weight)

@@ -34,7 +34,11 @@ def load_run(run_dir: Path) -> tuple[Any, dict[str, Stage]]:
     return config, stages
 
 
-def evaluate_run(run_dir: Path, folders: list[Path], ensemble: bool = False) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path, folders: list[Path], ensemble: bool = False, router: Any = None
+) -> dict[str, Any]:
+    """Scores of every model of the run (or, with a ``router``, of the routed policy) on its eval
+    sets or on ``folders``."""
     from kdsr.report import report_rows
 
     config, stages = load_run(run_dir)
@@ -42,8 +46,13 @@ def evaluate_run(run_dir: Path, folders: list[Path], ensemble: bool = False) -> 
         config = config.model_copy(
             update={"data": config.data.model_copy(update={"eval": [DatasetSpec(name="folder", options={"root": str(f)}) for f in folders]})}
         )
+    sets, metrics = build_eval_sets(config), build_metrics(config)
+    if router is not None:
+        from kdsr.engine.infer import evaluate_policy
+
+        return {f"policy:{type(router.policy).__name__.lower()}": evaluate_policy(router, sets, metrics, config.scale)}
     device = pick_device(config.device)
     branches = report_rows(stages)
     for b in branches.values():
         b.model.to(device)
-    return evaluate(branches, build_eval_sets(config), build_metrics(config), config.scale, device, config.eval.bicubic, ensemble)
+    return evaluate(branches, sets, metrics, config.scale, device, config.eval.bicubic, ensemble)

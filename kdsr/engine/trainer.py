@@ -57,6 +57,12 @@ class StageTrainer:
         if self.cfg.channels_last:
             for b in stage.branches.values():
                 b.model.to(memory_format=torch.channels_last)
+        self.plan = self._plan()
+        self.needs_bicubic = any(t.loss.needs.bicubic for t in stage.terms)
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.precision == "bf16" else contextlib.nullcontext()
+        )
+        self._materialize_lazy(patches)
         self.params = _unique_params([*self.modules.values(), *self.loss_modules.values()])
         distributed.broadcast_parameters(self.params)
         self.optimizer = make_optimizer(self.params, self.cfg.optimizer)
@@ -66,11 +72,26 @@ class StageTrainer:
             if self.cfg.ema
             else {}
         )
-        self.plan = self._plan()
-        self.needs_bicubic = any(t.loss.needs.bicubic for t in stage.terms)
-        self.autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.precision == "bf16" else contextlib.nullcontext()
-        )
+
+    def _materialize_lazy(self, patches: Any) -> None:
+        """Run the losses once on the first batch if any holds lazy modules (e.g. an adaptor
+        ``nn.LazyConv2d`` whose input width is only known from the student's features), so their
+        parameters exist before the optimiser is built. Runs without autograd, in eval mode."""
+        lazy = any(isinstance(p, nn.parameter.UninitializedParameter) for t in self.stage.terms for p in t.loss.parameters())
+        if not lazy or patches is None:
+            return
+        lr, hr = patches.batch(0)
+        modes = {m: m.training for b in self.stage.branches.values() for m in [b.model]}
+        try:
+            for m in modes:
+                m.eval()
+            with torch.no_grad():
+                self.compute_losses(lr.to(self.device), hr.to(self.device))
+        finally:
+            for m, mode in modes.items():
+                m.train(mode)
+        for m in self.loss_modules.values():
+            m.to(self.device)
 
     # ------------------------------------------------------------------ state
     def _state_modules(self) -> dict[str, nn.Module]:
@@ -119,20 +140,25 @@ class StageTrainer:
             outputs[name] = Outputs(sr.float(), {k: v.float() for k, v in store.items()})
         return outputs
 
-    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, step: int) -> dict[str, float]:
+    def compute_losses(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted total and each weighted term for one batch."""
         if self.cfg.channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
         outputs = self.forward(lr)
         bicubic = F.interpolate(lr, scale_factor=self.ctx.config.scale, mode="bicubic", align_corners=False) if self.needs_bicubic else None
         batch = Batch(lr, hr, bicubic)
         total = torch.zeros((), device=self.device)
-        values: dict[str, float] = {}
+        terms: dict[str, torch.Tensor] = {}
         for t in self.stage.terms:
             teacher = outputs[t.teacher] if t.teacher is not None else None
             term = t.weight * t.loss(outputs[t.student], teacher, batch)
             total = total + term
-            values[t.label] = term.detach()
-        values = {k: float(v) for k, v in values.items()}
+            terms[t.label] = term.detach()
+        return total, terms
+
+    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, step: int) -> dict[str, float]:
+        total, terms = self.compute_losses(lr, hr)
+        values = {k: float(v) for k, v in terms.items()}
         values["loss"] = float(total.detach())
         values = distributed.mean_scalars(values, self.device)
         if not all(v == v and abs(v) != float("inf") for v in values.values()):
