@@ -6,7 +6,7 @@ The public API that plugins are written against lives here; everything else is i
 __version__ = "0.1.0"
 PLUGIN_API = 1  # bumped when a hook or a public type changes incompatibly
 
-from kdsr.branches import Branch, Tap, capture, feature_taps, resolve_tap  # noqa: E402
+from kdsr.branches import Branch, Tap, capture, feature_taps, is_tapped, resolve_tap  # noqa: E402
 from kdsr.errors import KdsrError  # noqa: E402
 from kdsr.hookspecs import hookimpl  # noqa: E402
 from kdsr.losses import Batch, Loss, Needs, Outputs  # noqa: E402
@@ -23,5 +23,6 @@ __all__ = [
     "capture",
     "feature_taps",
     "hookimpl",
+    "is_tapped",
     "resolve_tap",
 ]

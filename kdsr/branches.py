@@ -8,6 +8,7 @@ are forward hooks installed only for the forward pass that needs them and remove
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -58,6 +59,15 @@ def resolve_tap(model: nn.Module, name: str) -> Tap:
         ) from None
 
 
+_TAPPED: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def is_tapped(module: nn.Module) -> bool:
+    """Whether a running ``capture`` records this module: lets a network skip work nobody reads
+    (e.g. training-only intermediate heads)."""
+    return _TAPPED.get(module, 0) > 0
+
+
 @contextlib.contextmanager
 def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
     """Record the named taps during the forward passes run inside the block.
@@ -65,7 +75,7 @@ def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.
     A module called several times keeps its last call's value.
     """
     store: dict[str, torch.Tensor] = {}
-    handles = []
+    handles, modules = [], []
     try:
         for name in dict.fromkeys(names):
             tap = resolve_tap(model, name)
@@ -73,10 +83,14 @@ def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.
                 handles.append(tap.module.register_forward_hook(_saver(store, name, output=True)))
             else:
                 handles.append(tap.module.register_forward_pre_hook(_saver(store, name, output=False)))
+            _TAPPED[tap.module] = _TAPPED.get(tap.module, 0) + 1
+            modules.append(tap.module)
         yield store
     finally:
         for h in handles:
             h.remove()
+        for m in modules:
+            _TAPPED[m] -= 1
 
 
 def _saver(store: dict[str, torch.Tensor], name: str, output: bool):

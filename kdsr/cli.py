@@ -17,7 +17,12 @@ from kdsr.errors import KdsrError
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may also follow the flags: `kdsr run cfg.yaml --resume steps=10`
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING, format="%(message)s")
     try:
         return int(args.func(args) or 0)
@@ -66,6 +71,17 @@ def make_parser() -> argparse.ArgumentParser:
     _policy_args(i, default="full")
     i.set_defaults(func=cmd_infer)
 
+    t = sub.add_parser("tradeoff", parents=[common], help="PSNR vs Multi-Adds of a multi-branch run's policies", description="Evaluate every fixed branch and the budget policy at several budgets (calibrated on a separate folder); writes tradeoff.json and tradeoff.png into the run directory.")
+    t.add_argument("run_dir", type=Path)
+    t.add_argument("--calibration", type=Path, required=True, help="HR image folder to calibrate the budget policy on (not an eval set)")
+    t.add_argument("--budgets", default="0.3,0.5,0.7", help="comma-separated Multi-Adds fractions (default 0.3,0.5,0.7)")
+    t.add_argument("--folder", action="append", type=Path, default=[], help="evaluate on this HR folder instead of the run's eval sets")
+    t.add_argument("--measure", default="redegradation", help="difficulty measure: redegradation, gradient, variance")
+    t.add_argument("--tile", type=int, default=128)
+    t.add_argument("--overlap", type=int, default=16)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_tradeoff)
+
     pr = sub.add_parser("profile", parents=[common], help="params, Multi-Adds and latency of backbones", description="Profile registered backbones (all of them at x2/x3/x4 by default) or the branches of a config.")
     pr.add_argument("--backbone", action="append", default=[], help="backbone name (repeatable); default: every registered one")
     pr.add_argument("--scale", type=int, action="append", default=[], help="scale (repeatable); default 2, 3, 4")
@@ -84,7 +100,7 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--option", action="append", default=[], metavar="key=value", help="backbone option, e.g. n_feats=256")
     c.set_defaults(func=cmd_convert)
 
-    pl = sub.add_parser("plugins", parents=[common], help="list or show plugins", description="Inspect installed plugins and what they register.")
+    pl = sub.add_parser("plugins", parents=[common], help="list, show, find or scaffold plugins", description="Inspect installed plugins and what they register, browse the catalogue, scaffold a new plugin.")
     plsub = pl.add_subparsers(dest="plugins_command", required=True, metavar="ACTION")
     ls = plsub.add_parser("list", parents=[common], help="installed plugins, their versions and what they register")
     ls.add_argument("--json", action="store_true")
@@ -94,6 +110,15 @@ def make_parser() -> argparse.ArgumentParser:
     sh.add_argument("name")
     sh.add_argument("--json", action="store_true")
     sh.set_defaults(func=cmd_plugins_show)
+    av = plsub.add_parser("available", parents=[common], help="the catalogue of known plugins, marking installed ones")
+    av.add_argument("--hook", help="only plugins implementing this registration hook, e.g. losses, backbones")
+    av.add_argument("--json", action="store_true")
+    av.set_defaults(func=cmd_plugins_available)
+    nw = plsub.add_parser("new", parents=[common], help="scaffold a plugin package (pyproject, example, tests)", description="Write a pip-installable plugin package with a working example, tests built on kdsr.testing, an example config and a README.")
+    nw.add_argument("name", help="plugin name, e.g. attention (package kdsr-attention, module kdsr_attention)")
+    nw.add_argument("--hook", default="losses", help="what the example registers: losses (default) or backbones")
+    nw.add_argument("--dir", type=Path, default=Path("."), help="parent folder (default: the current one)")
+    nw.set_defaults(func=cmd_plugins_new)
     return p
 
 
@@ -124,6 +149,25 @@ def _router(args: argparse.Namespace):
 
 
 # ---------------------------------------------------------------- commands
+
+
+def cmd_tradeoff(args: argparse.Namespace) -> int:
+    from kdsr.engine.infer import tradeoff
+
+    try:
+        budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    except ValueError:
+        raise KdsrError(f"--budgets '{args.budgets}' must be comma-separated fractions, e.g. 0.3,0.5") from None
+    result = tradeoff(args.run_dir, args.calibration, budgets, args.folder, args.tile or None, args.overlap, args.measure)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    for p in result["points"]:
+        label = p["branch"] if p["kind"] == "fixed" else f"budget {p['budget']:.2f}"
+        for s, sc in p["scores"].items():
+            print(f"{label:14s} {s:12s} psnr={sc['psnr']:.4f} ssim={sc['ssim']:.4f} macs={sc['macs_fraction']:.1%}")
+    print(f"plot: {args.run_dir / 'tradeoff.png'}")
+    return 0
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -281,6 +325,42 @@ def cmd_plugins_show(args: argparse.Namespace) -> int:
         if f.get("taps"):
             print(f"  taps: {', '.join(f['taps'])}")
         print()
+    return 0
+
+
+def cmd_plugins_available(args: argparse.Namespace) -> int:
+    import kdsr
+    from kdsr.catalog import load_catalog
+
+    entries = load_catalog()
+    if args.hook:
+        from typing import get_args
+
+        from kdsr.catalog import Hook
+        from kdsr.errors import did_you_mean
+
+        hooks = get_args(Hook)
+        if args.hook not in hooks:
+            raise KdsrError(f"--hook '{args.hook}' is not a registration hook{did_you_mean(args.hook, hooks)}; hooks: {', '.join(hooks)}")
+        entries = [e for e in entries if args.hook in e.provides]
+    rows = [{**e.model_dump(mode="json"), "installed": e.installed_version(), "compatible": e.supports(kdsr.__version__)} for e in entries]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        state = f"installed {r['installed']}" if r["installed"] else f"pip install {r['package']}"
+        note = "" if r["compatible"] else f"  (needs kdsr{r['kdsr']})"
+        print(f"{r['name']:10s} [{state}]{note}  {r['summary']}")
+        for hook, names in r["provides"].items():
+            print(f"  {hook}: {', '.join(names)}")
+    return 0
+
+
+def cmd_plugins_new(args: argparse.Namespace) -> int:
+    from kdsr.scaffold import new_plugin
+
+    root = new_plugin(args.name, args.hook, args.dir)
+    print(f"wrote {root}; next: pip install -e {root} && pytest {root / 'tests'} && kdsr run {root / 'configs' / 'example.yaml'}")
     return 0
 
 

@@ -252,3 +252,25 @@ def _profile_row(label: str, scale: int, branch: Branch, hr_size: tuple[int, int
         x = torch.rand(1, 3, *lr_size_for(hr_size, scale))
         row["latency_s"] = measure_latency(module, x, repeats=5, warmup=1).median_s
     return row
+
+
+def plot_tradeoff(result: dict[str, Any], path: Path) -> None:
+    """PSNR vs Multi-Adds fraction per eval set: fixed branches as points, the budget policy as a curve."""
+    plt = _pyplot()
+    sets = sorted(result["points"][0]["scores"]) if result["points"] else []
+    fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(5 * max(len(sets), 1), 4), squeeze=False)
+    for ax, s in zip(axes[0], sets):
+        fixed = [p for p in result["points"] if p["kind"] == "fixed"]
+        budget = sorted((p for p in result["points"] if p["kind"] == "budget"), key=lambda p: p["scores"][s]["macs_fraction"])
+        for p in fixed:
+            ax.scatter(p["scores"][s]["macs_fraction"], p["scores"][s]["psnr"], marker="s")
+            ax.annotate(p["branch"], (p["scores"][s]["macs_fraction"], p["scores"][s]["psnr"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if budget:
+            ax.plot([p["scores"][s]["macs_fraction"] for p in budget], [p["scores"][s]["psnr"] for p in budget], "o-", label="budget policy")
+            ax.legend()
+        ax.set_xlabel("Multi-Adds / full branch")
+        ax.set_ylabel("PSNR (dB, Y)")
+        ax.set_title(s)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

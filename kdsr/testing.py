@@ -153,9 +153,9 @@ def check_options(
 ) -> dict[str, Any]:
     """The factory works as a registered entry; returns its validated options.
 
-    Checks: a one-line summary (first docstring line), a typed signature kdsr can validate, unknown
-    options refused, and validated options that pickle and survive a JSON round trip (what
-    ``config.resolved.yaml`` stores) unchanged. ``require_defaults``: every option has a valid default.
+    Checks: a one-line summary (first docstring line), ``options`` valid for the signature, and
+    validated options that pickle and survive a JSON round trip (what ``config.resolved.yaml``
+    stores) unchanged. ``require_defaults``: every option has a default that validates.
     """
     registry = Registry(kind, tuple(reserved))
     registry.add("under-test", factory, "under-test")
@@ -166,14 +166,11 @@ def check_options(
             entry.validate({}, "check")
         except KdsrError as exc:
             raise AssertionError(f"every option needs a default that validates: {exc}") from None
-    try:
-        entry.validate({"__no_such_option__": 1}, "check")
-    except KdsrError:
-        pass
-    else:
-        raise AssertionError(f"{factory.__name__} accepts unknown options; give it explicit keyword arguments")
     validated = entry.validate(options, "check")
-    assert pickle.loads(pickle.dumps(validated)) == validated, "validated options must pickle (DDP, checkpoints)"
+    try:
+        assert pickle.loads(pickle.dumps(validated)) == validated
+    except Exception as exc:
+        raise AssertionError(f"validated options {validated} must pickle unchanged: {exc!r}") from None
     plain = json.loads(json.dumps(entry.options_model().model_validate(validated).model_dump(mode="json")))
     assert entry.validate(plain, "check") == validated, (
         f"options change when written to and read back from a resolved config: {validated} -> {plain}"
@@ -212,8 +209,13 @@ def check_loss(
     for size in sizes:
         for bf16 in (False, True):
             label = f"{size[0]}x{size[1]}" + (" bf16" if bf16 else "")
-            first = _loss_value(build, teacher, student, scale, size, bf16, seed, backward=True, label=label)
-            again = _loss_value(build, teacher, student, scale, size, bf16, seed, backward=False, label=label)
+            try:
+                first = _loss_value(build, teacher, student, scale, size, bf16, seed, backward=True, label=label)
+                again = _loss_value(build, teacher, student, scale, size, bf16, seed, backward=False, label=label)
+            except (AssertionError, KdsrError):
+                raise
+            except Exception as exc:  # e.g. a loss that assumes one patch size
+                raise AssertionError(f"{label}: the loss raised {type(exc).__name__}: {exc}") from exc
             assert torch.equal(first, again), f"{label}: not deterministic ({float(first)} then {float(again)})"
             values[label] = float(first)
     return values
@@ -240,7 +242,7 @@ def _loss_value(
     student.zero_grad(set_to_none=True)
     value = compute()
     assert isinstance(value, torch.Tensor) and value.dim() == 0, f"{label}: a loss returns a 0-dim tensor, got {value!r}"
-    assert torch.isfinite(value), f"{label}: loss is {float(value)}"
+    assert torch.isfinite(value), f"{label}: loss is {value.item()}"
     if backward:
         assert value.requires_grad, f"{label}: the loss is not differentiable w.r.t. the student's outputs"
         value.backward()
@@ -344,8 +346,11 @@ def _check_round_trip(source: nn.Module, target: nn.Module, load_official: Calla
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "own.safetensors"
-        save_weights(dict(source.state_dict()), path)
-        load_weights(target, path, convert=load_official)
+        try:
+            save_weights(dict(source.state_dict()), path)
+            load_weights(target, path, convert=load_official)
+        except Exception as exc:  # e.g. tied weights, which safetensors refuses
+            raise AssertionError(f"{label}: the model's own weights do not survive a save/load round trip: {str(exc).strip().splitlines()[0]}") from exc
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), f"{label}: weight {key} changed in a save/load round trip"
 

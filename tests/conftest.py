@@ -7,34 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
+
+from kdsr.testing import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_images(folder: Path, n: int = 4, size: tuple[int, int] = (40, 48), seed: int = 0) -> Path:
-    """Smooth random RGB images (sums of sinusoids), so SR has something learnable."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    h, w = size
-    y, x = np.mgrid[0:h, 0:w]
-    for i in range(n):
-        img = np.zeros((h, w, 3))
-        for c in range(3):
-            for _ in range(3):
-                fx, fy, ph = rng.uniform(0.02, 0.3), rng.uniform(0.02, 0.3), rng.uniform(0, 6.28)
-                img[..., c] += np.sin(fx * x + fy * y + ph)
-        img = (img - img.min()) / (img.max() - img.min() + 1e-9)
-        Image.fromarray((img * 255).round().astype(np.uint8)).save(folder / f"img{i}.png")
-    return folder
-
-
 def tiny_config(tmp_path: Path, steps: int = 6, **overrides) -> dict:
-    train = make_images(tmp_path / "train", n=4, seed=1)
-    val = make_images(tmp_path / "val", n=2, seed=2)
+    train = make_image_folder(tmp_path / "train", n=4, seed=1)
+    val = make_image_folder(tmp_path / "val", n=2, seed=2)
     cfg = {
         "name": "tiny",
         "out_dir": str(tmp_path / "run"),

@@ -79,3 +79,9 @@ def test_convert_official_checkpoint(tmp_path, capsys):
     assert main(argv) == 0 and out.exists()
     assert main(argv[:-4] + ["--option", "n_feats=8", "--option", "n_resblocks=3"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_resume_refuses_to_extend_a_finished_stage(finished_run, capsys):
+    cfg = finished_run.parent / "c.yaml"
+    assert main(["run", str(cfg), "--resume", "--quiet", "stages.0.steps=9"]) == 2
+    assert "already finished at 4 steps" in capsys.readouterr().err

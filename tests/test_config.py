@@ -63,3 +63,11 @@ def test_overrides(tmp_path):
         apply_overrides({}, ["oops"])
     with pytest.raises(KdsrError, match="not an index"):
         apply_overrides({"stages": []}, ["stages.3.steps=1"])
+
+
+def test_overrides_may_follow_flags(tmp_path, capsys):
+    from kdsr.cli import main
+
+    path = write_config(tmp_path / "c.yaml", tiny_config(tmp_path))
+    assert main(["validate", str(path), "--print", "stages.0.steps=7"]) == 0
+    assert "steps: 7" in capsys.readouterr().out

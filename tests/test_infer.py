@@ -13,7 +13,8 @@ from kdsr.builtin.policies import fit_thresholds
 from kdsr.cli import main
 from kdsr.inference import Choice, gradient_energy, local_variance, redegradation_psnr
 from kdsr.plugins import get_plugins
-from tests.conftest import make_images, tiny_config, write_config
+from kdsr.testing import make_image_folder
+from tests.conftest import tiny_config, write_config
 
 
 class TwoWidths:
@@ -49,7 +50,7 @@ def run_dir(tmp_path_factory) -> Path:
         }
     ]
     assert main(["run", str(write_config(tmp / "c.yaml", cfg)), "--quiet"]) == 0
-    make_images(tmp / "lr", n=2, size=(45, 37), seed=5)
+    make_image_folder(tmp / "lr", n=2, size=(45, 37), seed=5)
     return tmp / "run"
 
 
@@ -126,3 +127,31 @@ def test_measures_order_easy_before_hard():
     noisy = torch.rand(1, 3, 24, 24, generator=g)
     for measure in (redegradation_psnr, gradient_energy, local_variance):
         assert measure(flat, 2) > measure(noisy, 2)
+
+
+def test_bad_inputs_exit_2_and_others_still_written(run_dir, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    make_image_folder(folder, n=2, size=(20, 20), seed=9)
+    (folder / "broken.png").write_bytes(b"not a png")
+    code = main(["infer", str(run_dir), str(folder), "--out", str(tmp_path / "o"), "--tile", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "broken.png" in err and "the other 2 were written" in err
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["img0.png", "img1.png"]
+    assert json.loads((tmp_path / "o" / "infer.json").read_text())["failed"][0]["input"].endswith("broken.png")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["infer", str(run_dir), str(folder / "img0.png"), "--out", str(blocker / "sub")]) == 2
+    assert "not writable" in capsys.readouterr().err
+    assert main(["infer", str(run_dir), str(folder / "img0.png"), "--out", str(tmp_path / "w"), "--width", "0.3"]) == 2
+    assert "no branch of width 0.3" in capsys.readouterr().err
+
+
+def test_tradeoff_curve(run_dir, capsys):
+    cal = str(run_dir.parent / "train")
+    assert main(["tradeoff", str(run_dir), "--calibration", cal, "--budgets", "0.4,0.8", "--tile", "12", "--overlap", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    kinds = [(p["kind"], p.get("branch", p.get("budget"))) for p in result["points"]]
+    assert kinds == [("fixed", "wide"), ("fixed", "narrow"), ("budget", 0.4), ("budget", 0.8)]
+    fixed = {p["branch"]: p["scores"]["val"]["macs_fraction"] for p in result["points"] if p["kind"] == "fixed"}
+    assert fixed["wide"] == pytest.approx(1.0) and fixed["narrow"] < 0.4
+    assert (run_dir / "tradeoff.png").exists()

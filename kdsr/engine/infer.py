@@ -73,10 +73,20 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
 def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
     """Super-resolve every input image into ``out_dir`` (PNG) and write ``infer.json``."""
     files = collect_inputs(inputs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    images = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".kdsr-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise KdsrError(f"output folder '{out_dir}' is not writable ({exc.strerror or exc}); choose another --out") from None
+    images, failed = [], []
     for path in tqdm(files, desc="infer", disable=None):
-        lr = to_float(read_image(path)).unsqueeze(0)
+        try:
+            lr = to_float(read_image(path)).unsqueeze(0)
+        except KdsrError as exc:  # one bad image must not cost the others
+            failed.append({"input": str(path), "error": str(exc)})
+            continue
         t0 = time.perf_counter()
         routed = router(lr)
         seconds = time.perf_counter() - t0
@@ -100,8 +110,14 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
         "images": images,
         "macs_fraction": sum(i["macs"] for i in images) / max(sum(i["full_macs"] for i in images), 1.0),
         "seconds": sum(i["seconds"] for i in images),
+        "failed": failed,
     }
     (out_dir / "infer.json").write_text(json.dumps(summary, indent=1))
+    if failed:
+        raise KdsrError(
+            f"{len(failed)} of {len(files)} input(s) could not be read, first: {failed[0]['error']}; "
+            f"the other {len(images)} were written to '{out_dir}' (see infer.json)"
+        )
     return summary
 
 
@@ -123,3 +139,40 @@ def evaluate_policy(router: Router, sets, metrics, scale: int) -> dict[str, dict
         n = max(len(eval_set.pairs), 1)
         out[eval_set.label] = {**{m: v / n for m, v in sums.items()}, "macs_fraction": macs / full if full else 1.0}
     return out
+
+
+def tradeoff(
+    run_dir: Path,
+    calibration: Path,
+    budgets: list[float],
+    folders: list[Path] | None = None,
+    tile: int | None = 128,
+    overlap: int = 16,
+    measure: str = "redegradation",
+) -> dict[str, Any]:
+    """PSNR vs Multi-Adds fraction: every fixed branch, and the budget policy at each budget.
+
+    The budget policy is calibrated on ``calibration`` (keep it apart from the eval sets) and
+    evaluated on the run's eval sets (or ``folders``). Writes ``tradeoff.json`` and ``tradeoff.png``
+    into the run directory.
+    """
+    from kdsr.engine.restore import evaluate_run
+
+    config, stages = load_run(run_dir)
+    names = list(candidate_branches(stages))
+    points: list[dict[str, Any]] = []
+    for name in names:
+        router = make_router(run_dir, "fixed", {"branch": name}, tile, overlap)[1]
+        (scores,) = evaluate_run(run_dir, folders or [], router=router).values()
+        points.append({"kind": "fixed", "branch": name, "scores": scores})
+    for b in budgets:
+        options = {"budget": b, "calibration": str(calibration), "measure": measure}
+        router = make_router(run_dir, "budget", options, tile, overlap)[1]
+        (scores,) = evaluate_run(run_dir, folders or [], router=router).values()
+        points.append({"kind": "budget", "budget": b, "scores": scores, "expected": router.policy.expected})
+    result = {"run": str(run_dir), "calibration": str(calibration), "tile": tile, "overlap": overlap, "points": points}
+    (run_dir / "tradeoff.json").write_text(json.dumps(result, indent=1))
+    from kdsr.report import plot_tradeoff
+
+    plot_tradeoff(result, run_dir / "tradeoff.png")
+    return result

@@ -109,6 +109,12 @@ def run(config: RunConfig, resume: bool = False) -> dict[str, Any]:
             stage = build_stage(config, i, finished)
             ctx.stage = stage
             if sc.name in progress["done"]:
+                finished_at = progress.get("steps", {}).get(sc.name, sc.steps)
+                if finished_at != sc.steps:
+                    raise KdsrError(
+                        f"stage '{sc.name}' already finished at {finished_at} steps; a finished stage is not extended "
+                        f"(later stages were built on it): set stages.{i}.steps={finished_at} or start a new run"
+                    )
                 _load_final(stage, run_dir)
                 finished[sc.name] = stage
                 continue
@@ -130,6 +136,7 @@ def run(config: RunConfig, resume: bool = False) -> dict[str, Any]:
             if main:
                 save_weights(_collect_final(stage), final_weights_path(run_dir, sc.name), {"stage": sc.name})
                 progress["done"].append(sc.name)
+                progress.setdefault("steps", {})[sc.name] = sc.steps
                 progress["results"][sc.name] = results
                 checkpoint.write_atomic(run_dir / PROGRESS, json.dumps(progress, indent=1).encode())
             distributed.barrier()

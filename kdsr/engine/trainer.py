@@ -199,6 +199,7 @@ class StageTrainer:
         steps = self.cfg.steps
         bar = tqdm(total=steps, initial=start, desc=f"train {self.cfg.name}", disable=None if distributed.is_main() else True)
         t0, window = time.perf_counter(), 0
+        sums: dict[str, float] = {}
         results: dict[str, Any] = {}
         for step in range(start, steps):
             self.hook.before_step(run=self.ctx, step=step)
@@ -207,13 +208,16 @@ class StageTrainer:
             self.hook.after_step(run=self.ctx, step=step, losses=values)
             done = step + 1
             window += 1
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
             bar.update(1)
             if done % self.cfg.log_every == 0 or done == steps:
                 elapsed = time.perf_counter() - t0
-                record = {**values, "lr": self.optimizer.param_groups[0]["lr"], "s_per_step": elapsed / window}
+                means = {k: v / window for k, v in sums.items()}  # mean over the logging window
+                record = {**means, "lr": self.optimizer.param_groups[0]["lr"], "s_per_step": elapsed / window}
                 self.logger.write("train", self.cfg.name, done, record)
-                bar.set_postfix(loss=f"{values['loss']:.4g}")
-                t0, window = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{means['loss']:.4g}")
+                t0, window, sums = time.perf_counter(), 0, {}
             if done % self.cfg.checkpoint_every == 0 or done == steps:
                 self.save(done)
             if self.cfg.eval_every and done % self.cfg.eval_every == 0 and done < steps:

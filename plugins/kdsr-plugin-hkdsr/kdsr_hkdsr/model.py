@@ -1,0 +1,82 @@
+"""Factories that build ``HeadedSR``: as a student constructor and as a registered backbone.
+
+* Student constructor ``hkdsr``: heads on a new backbone from the registry (the HKDSR student, trained
+  from scratch with its heads), or on a copy of the stage's teacher (head pre-training: load the full
+  teacher as ``teacher:``, ``freeze_backbone: true``, train only the heads with ``hkdsr_heads_l1``).
+  A later stage distils from it with ``teacher: {from_stage: <that stage>}``.
+* Backbone ``hkdsr``: the same network by name, so a saved HKDSR teacher (``checkpoints/<stage>/
+  final.safetensors``: ``backbone.*`` + ``heads.*``) loads in another run with ``weights:``; a plain
+  checkpoint of the inner backbone (e.g. official ``RCAN_BIX4.pt``) also loads, the heads keeping
+  their initialisation.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdsr import Branch
+from kdsr.plugins import registry
+from kdsr_hkdsr.heads import HeadedSR
+
+
+def _build_backbone(name: str, options: dict[str, Any] | None, scale: int) -> nn.Module:
+    return registry("backbone").create(name, options, where="options.options", scale=scale)
+
+
+def hkdsr_student(
+    teacher: nn.Module | None,
+    scale: int,
+    backbone: str | None = None,
+    options: dict[str, Any] | None = None,
+    heads: list[str] | None = None,
+    freeze_backbone: bool = False,
+    name: str = "student",
+) -> dict[str, Branch]:
+    """HKDSR network with intermediate SR heads: a new backbone, or the teacher's copy (head pre-training)."""
+    if backbone is None:
+        if teacher is None:
+            raise ValueError("without 'backbone' the heads go on a copy of the teacher, but the stage has no teacher")
+        if isinstance(teacher, HeadedSR):
+            raise ValueError("the teacher already has HKDSR heads; give 'backbone' to build a new student")
+        if options:
+            raise ValueError("'options' apply to a new 'backbone'; the teacher's copy keeps its own")
+        net = copy.deepcopy(teacher)
+    else:
+        net = _build_backbone(backbone, options, scale)
+    net.train().requires_grad_(not freeze_backbone)
+    return {name: Branch(HeadedSR(net, scale, heads, backbone_name=backbone))}
+
+
+def hkdsr_backbone(
+    scale: int, backbone: str = "rcan", options: dict[str, Any] | None = None, heads: list[str] | None = None
+) -> HeadedSR:
+    """A registered backbone with HKDSR intermediate SR heads (to load a saved HKDSR teacher by name)."""
+    return HeadedSR(_build_backbone(backbone, options, scale), scale, heads, backbone_name=backbone)
+
+
+def load_official(module: HeadedSR, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint of the inner backbone (any layout its own ``load_official`` accepts) -> this layout;
+    the heads keep the module's current weights."""
+    state = _strip_branch_prefix(state)
+    if any(k.startswith(("backbone.", "heads.")) for k in state):
+        return state  # this layout; kdsr reports whatever does not fit
+    inner = state
+    if module.backbone_name is not None:
+        convert = registry("backbone").get(module.backbone_name).extra.get("load_official")
+        if convert is not None:
+            inner = convert(module.backbone, dict(state))
+    out = {f"backbone.{k}": v for k, v in inner.items()}
+    out.update({k: v.detach().clone() for k, v in module.state_dict().items() if k.startswith("heads.")})
+    return out
+
+
+def _strip_branch_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A run's ``final.safetensors`` prefixes keys with the branch name (``student.backbone.…``): drop it."""
+    parts = [k.split(".") for k in state]
+    if len({p[0] for p in parts}) == 1 and all(len(p) > 2 and p[1] in ("backbone", "heads") for p in parts):
+        return {".".join(p[1:]): v for p, v in zip(parts, state.values())}
+    return state
