@@ -141,14 +141,20 @@ class Router:
         """Route one LR image (1x3xhxw or 3xhxw, CPU)."""
         lr = lr.unsqueeze(0) if lr.dim() == 3 else lr
         _, c, h, w = lr.shape
-        out = torch.empty(1, c, h * self.scale, w * self.scale)
+        groups = self.select_tiles(lr)
+        # tiles of different branches meet: cross-fade the seams over half the overlap
+        blend = min(self.overlap, self.tile) // 2 if len(groups) > 1 and self.tile is not None else 0
+        out = torch.zeros(1, c, h * self.scale, w * self.scale)
+        weights = torch.zeros(1, 1, h * self.scale, w * self.scale) if blend else None
         result = Routed(out)
-        for name, tiles in self.select_tiles(lr).items():
-            run_windows(self.branches[name], lr, self.scale, tiles, out, self.batch, self.device)
+        for name, tiles in groups.items():
+            run_windows(self.branches[name], lr, self.scale, tiles, out, self.batch, self.device, blend, weights)
             pixels = sum(window_pixels(t) for t in tiles)
             result.tiles[name] += len(tiles)
             result.macs += self.cost[name] * pixels
             result.full_macs += self.cost[self.full.name] * pixels
+        if weights is not None:
+            out /= weights
         result.overhead = result.full_macs / (self.cost[self.full.name] * h * w) - 1.0
         return result
 

@@ -2,9 +2,10 @@
 
 The LR image is cut into core tiles; each is run inside a window that adds ``overlap`` LR pixels
 of context on every side (windows are shifted inwards at the borders, so all windows share one
-shape and are batched). Only each window's core is kept. For a CNN whose receptive-field radius
-is at most ``overlap`` the stitched result equals whole-image inference exactly; for windowed
-transformers it is a close approximation (the core sees the same ``overlap`` context).
+shape and are batched). Only each window's core is kept (or, with ``blend``, its core widened by a
+cross-fade band). For a CNN whose receptive-field radius is at most ``overlap`` (``overlap - blend``
+when blending) the stitched result equals whole-image inference; for windowed transformers and
+global-pooling attention (RCAN) it is a close approximation.
 Only the window batch lives on the device; the HR output buffer stays on the CPU.
 """
 
@@ -56,6 +57,22 @@ def _batches(items: list[Window], size: int) -> Iterator[list[Window]]:
         yield items[i : i + size]
 
 
+def _ramp(c0: int, c1: int, size: int, band: int, scale: int) -> tuple[int, torch.Tensor]:
+    """Blend weights along one axis for the core [c0, c1) (LR) of an axis of ``size``: a linear ramp
+    over ``2 * band`` LR pixels centred on each interior core edge, so neighbours' weights sum to 1.
+    Returns the first HR index covered and the HR weights."""
+    lo = max(c0 - band, 0) if c0 > 0 else 0
+    hi = min(c1 + band, size) if c1 < size else size
+    p = torch.arange(lo * scale, hi * scale, dtype=torch.float32) + 0.5
+    w = torch.ones_like(p)
+    width = 2 * band * scale
+    if c0 > 0:
+        w = w * ((p - (c0 - band) * scale) / width).clamp(0, 1)
+    if c1 < size:
+        w = w * (((c1 + band) * scale - p) / width).clamp(0, 1)
+    return lo * scale, w
+
+
 @torch.no_grad()
 def run_windows(
     fn: Callable[[torch.Tensor], torch.Tensor],
@@ -65,17 +82,35 @@ def run_windows(
     out: torch.Tensor,
     batch: int = 4,
     device: torch.device | str = "cpu",
+    blend: int = 0,
+    weights: torch.Tensor | None = None,
 ) -> None:
-    """Super-resolve ``tiles`` of ``lr`` (1x3xhxw, CPU) with ``fn`` and paste their cores into ``out``."""
+    """Super-resolve ``tiles`` of ``lr`` (1x3xhxw, CPU) with ``fn`` into ``out``.
+
+    ``blend == 0`` pastes each core. ``blend > 0`` (at most the overlap) instead accumulates each tile
+    over its core widened by ``blend`` LR pixels, weighted by linear ramps, into ``out`` and the
+    weight sum into ``weights`` (1x1xHxW): divide once every tile is in. Seams between tiles served
+    by different branches are then cross-faded instead of cut.
+    """
+    h, w = lr.shape[-2:]
     for group in _batches(tiles, batch):
         x = torch.cat([lr[..., t.window[0] : t.window[1], t.window[2] : t.window[3]] for t in group]).to(device)
         y = fn(x).float().cpu()
         for t, sr in zip(group, y):
             (y0, y1, x0, x1), (wy0, _, wx0, _) = t.core, t.window
-            oy, ox = (y0 - wy0) * scale, (x0 - wx0) * scale
-            out[0, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = sr[
-                :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
-            ]
+            if blend == 0:
+                oy, ox = (y0 - wy0) * scale, (x0 - wx0) * scale
+                out[0, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = sr[
+                    :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
+                ]
+                continue
+            ty, wy = _ramp(y0, y1, h, blend, scale)
+            tx, wx = _ramp(x0, x1, w, blend, scale)
+            weight = wy[:, None] * wx[None, :]
+            oy, ox = ty - wy0 * scale, tx - wx0 * scale
+            patch = sr[:, oy : oy + len(wy), ox : ox + len(wx)]
+            out[0, :, ty : ty + len(wy), tx : tx + len(wx)] += patch * weight
+            weights[0, 0, ty : ty + len(wy), tx : tx + len(wx)] += weight
 
 
 def tiled_sr(

@@ -24,9 +24,8 @@ from torch import nn
 from kdsr import Batch, KdsrError, Loss, Needs, Outputs
 from kdsr_facd.adaptor import make_adaptor
 from kdsr_facd.contrast import distance_ratio, distil_mask, embed, info_nce
-from kdsr_facd.taps import tap_pairs
+from kdsr_facd.taps import DEFAULT_TAPS, tap_pairs
 
-DEFAULT_TAPS = ("body.2", "body.6", "body")  # early / middle / last before the global skip (RCAN 10 groups)
 
 
 class FACD(Loss):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+DEFAULT_TAPS = ("body.2", "body.6", "body")  # early / middle / last before the global skip (RCAN 10 groups)
+
 
 def tap_pairs(student_taps: Sequence[str], teacher_taps: Sequence[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The student and teacher tap names, position by position; ``teacher_taps`` None = the same names.
