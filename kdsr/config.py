@@ -8,6 +8,7 @@ backbone, loss, dataset, ...) are checked against the plugin's own factory signa
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -182,10 +183,6 @@ class RunConfig(Strict):
 # ---------------------------------------------------------------- loading
 
 
-class _NoTagsLoader(yaml.SafeLoader):
-    """safe_load semantics; kept as a name so Python tags are reported clearly."""
-
-
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -277,8 +274,6 @@ def describe_error(exc: pydantic.ValidationError, data: Any) -> str:
 
 
 def _model_at(model: type[BaseModel] | None, loc: list[Any]) -> type[BaseModel] | None:
-    import typing
-
     for part in loc:
         if model is None:
             return None
@@ -292,8 +287,6 @@ def _model_at(model: type[BaseModel] | None, loc: list[Any]) -> type[BaseModel] 
 
 
 def _inner_model(ann: Any) -> type[BaseModel] | None:
-    import typing
-
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
     for arg in typing.get_args(ann):

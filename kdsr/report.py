@@ -40,16 +40,21 @@ def branch_params(branch: Branch) -> int:
     return int(fn(**branch.kwargs)) if callable(fn) else count_params(branch.model)
 
 
-def profile_branch(branch: Branch, config: RunConfig, device: torch.device) -> dict[str, Any]:
+def profile_branch(
+    branch: Branch,
+    scale: int,
+    hr_size: tuple[int, int],
+    latency_hr_size: tuple[int, int] | None = None,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Params, Multi-Adds at an ``hr_size`` output, and (given ``latency_hr_size``) median latency."""
     module = BranchModule(branch).eval()
-    lr_hw = lr_size_for(tuple(config.profile.hr_size), config.scale)
-    macs = profile_macs(module, lr_hw)
+    macs = profile_macs(module, lr_size_for(hr_size, scale))
     row: dict[str, Any] = {"params": branch_params(branch), "macs": macs.total, "skipped_ops": sorted(macs.skipped_ops)}
-    if config.profile.latency:
-        lat_hw = lr_size_for(tuple(config.profile.latency_hr_size), config.scale)
-        x = torch.rand(1, 3, *lat_hw, device=device)
-        lat = measure_latency(module.to(device), x, repeats=config.profile.latency_repeats, warmup=1)
-        row["latency_s"] = lat.median_s
+    if latency_hr_size is not None:
+        x = torch.rand(1, 3, *lr_size_for(latency_hr_size, scale), device=device)
+        row["latency_s"] = measure_latency(module.to(device), x, repeats=repeats, warmup=1).median_s
     return row
 
 
@@ -76,7 +81,10 @@ def write_report(
     for label, branch in report_rows(stages).items():
         stage_name = label.split(".")[0]
         branch_name = label.split(".", 1)[1] if "." in label else next(iter(stages[stage_name].trainable))
-        row = profile_branch(branch, config, device)
+        p = config.profile
+        row = profile_branch(
+            branch, config.scale, tuple(p.hr_size), tuple(p.latency_hr_size) if p.latency else None, p.latency_repeats, device
+        )
         row["stage"] = stage_name
         row["quality"] = results.get(stage_name, {}).get(branch_name, {})
         models[label] = row
@@ -233,25 +241,15 @@ def profile_backbones(
             for i, sc in enumerate(config.stages):
                 finished[sc.name] = build_stage(config, i, finished, load=False)
         for label, branch in report_rows(finished).items():
-            rows.append(_profile_row(label, config.scale, branch, hr_size, latency))
+            rows.append({"model": label, "scale": config.scale, **profile_branch(branch, config.scale, hr_size, hr_size if latency else None)})
         return rows
     backbones = registry("backbone")
     for name in names or backbones.names():
         for scale in scales:
             with torch.device("cpu" if latency else "meta"):  # meta: no memory, fvcore still counts
                 model = backbones.create(name, options, where=f"backbone '{name}'", scale=scale)
-            rows.append(_profile_row(name, scale, Branch(model), hr_size, latency))
+            rows.append({"model": name, "scale": scale, **profile_branch(Branch(model), scale, hr_size, hr_size if latency else None)})
     return rows
-
-
-def _profile_row(label: str, scale: int, branch: Branch, hr_size: tuple[int, int], latency: bool) -> dict[str, Any]:
-    module = BranchModule(branch).eval()
-    macs = profile_macs(module, lr_size_for(hr_size, scale))
-    row: dict[str, Any] = {"model": label, "scale": scale, "params": branch_params(branch), "macs": macs.total}
-    if latency:
-        x = torch.rand(1, 3, *lr_size_for(hr_size, scale))
-        row["latency_s"] = measure_latency(module, x, repeats=5, warmup=1).median_s
-    return row
 
 
 def plot_tradeoff(result: dict[str, Any], path: Path) -> None:
