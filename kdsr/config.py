@@ -138,6 +138,7 @@ class EvalConfig(Strict):
     metrics: list[str] = Field(default_factory=lambda: ["psnr", "ssim"])
     bicubic: bool = True
     self_ensemble: bool = False
+    teachers: bool = Field(True, description="score teachers loaded from weight files; false when many runs share one teacher scored once")
 
 
 class ProfileConfig(Strict):

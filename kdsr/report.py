@@ -7,6 +7,7 @@ size (fvcore), latency, and PSNR/SSIM per eval set, with the protocol written ne
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,11 @@ def write_report(
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
+    """What a result was measured on: results from different machines are not comparable."""
     info = {
         "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -126,6 +129,17 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -250,6 +264,35 @@ def profile_backbones(
                 model = backbones.create(name, options, where=f"backbone '{name}'", scale=scale)
             rows.append({"model": name, "scale": scale, **profile_branch(Branch(model), scale, hr_size, hr_size if latency else None)})
     return rows
+
+
+def tradeoff_markdown(result: dict[str, Any]) -> str:
+    """The trade-off as a report section: one row per fixed branch and per budget, PSNR @ Multi-Adds fraction."""
+    sets = sorted(result["points"][0]["scores"]) if result["points"] else []
+    lines = [
+        TRADEOFF_HEADING,
+        "",
+        f"Budget policy calibrated on `{result['calibration']}`; cells are PSNR (dB, Y) @ Multi-Adds / full branch.",
+        "",
+        "| policy | " + " | ".join(sets) + " |",
+        "|---|" + "---|" * len(sets),
+    ]
+    for p in result["points"]:
+        label = f"fixed {p['branch']}" if p["kind"] == "fixed" else f"budget {p['budget']:g}"
+        cells = [f"{p['scores'][s]['psnr']:.2f} @ {p['scores'][s]['macs_fraction']:.1%}" for s in sets]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", "![PSNR vs Multi-Adds fraction](tradeoff.png)", ""])
+
+
+TRADEOFF_HEADING = "## Dynamic inference: PSNR vs Multi-Adds"
+
+
+def add_tradeoff_to_report(run_dir: Path, result: dict[str, Any]) -> None:
+    """Put (or replace) the trade-off section at the end of the run's report.md."""
+    path = run_dir / "report.md"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    text = text.split(TRADEOFF_HEADING, 1)[0].rstrip("\n")
+    write_atomic(path, ((text + "\n\n" if text else "") + tradeoff_markdown(result)).encode())
 
 
 def plot_tradeoff(result: dict[str, Any], path: Path) -> None:

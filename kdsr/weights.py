@@ -74,6 +74,8 @@ def load_weights(
     ``check_only`` reads and checks the file without copying it into the model.
     """
     state = read_state_dict(path)
+    if not _matches(model, state):
+        state = strip_run_prefix(state, set(model.state_dict()))
     if convert is not None and not _matches(model, state):
         try:
             state = convert(model, state)
@@ -82,6 +84,21 @@ def load_weights(
     check_compatible(model, state, str(path), strict)
     if not check_only:
         model.load_state_dict(state, strict=strict)
+
+
+def strip_run_prefix(state: dict[str, torch.Tensor], expected: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """A run's ``checkpoints/<stage>/final.safetensors`` prefixes every key with the branch's module name
+    (``student.body.0...``); drop that one shared prefix so the file loads as plain network weights.
+
+    With ``expected`` (the model's keys) the prefix is dropped only if that makes the keys match.
+    """
+    heads = {k.split(".", 1)[0] for k in state}
+    if len(heads) != 1 or not all("." in k for k in state):
+        return state
+    stripped = {k.split(".", 1)[1]: v for k, v in state.items()}
+    if expected is not None and not set(stripped) <= expected:
+        return state
+    return stripped
 
 
 def _matches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:

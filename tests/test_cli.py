@@ -85,3 +85,19 @@ def test_resume_refuses_to_extend_a_finished_stage(finished_run, capsys):
     cfg = finished_run.parent / "c.yaml"
     assert main(["run", str(cfg), "--resume", "--quiet", "stages.0.steps=9"]) == 2
     assert "already finished at 4 steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("score_teacher", [True, False])
+def test_teacher_from_a_runs_final_weights(finished_run, tmp_path, capsys, score_teacher):
+    """A run's final weights file is a teacher for another run; ``eval.teachers: false`` skips scoring it again."""
+    cfg = tiny_config(tmp_path, steps=2, eval={"teachers": score_teacher})
+    weights = finished_run / "checkpoints" / "teacher" / "final.safetensors"
+    cfg["stages"] = [{**cfg["stages"][1], "teacher": {"backbone": "edsr_baseline", "options": {"n_feats": 8, "n_resblocks": 1}, "weights": str(weights)}}]
+    assert main(["run", str(write_config(tmp_path / "c.yaml", cfg)), "--quiet"]) == 0
+    models = json.loads((tmp_path / "run" / "report.json").read_text())["models"]
+    teacher = json.loads((finished_run / "report.json").read_text())["models"]["teacher"]
+    if score_teacher:
+        assert models["student.teacher"]["quality"]["val"]["psnr"] == pytest.approx(teacher["quality"]["val"]["psnr"], abs=1e-9)
+    else:
+        assert models["student.teacher"]["quality"] == {} and models["student"]["quality"]["val"]["psnr"] > 0
+        assert "| student.teacher |" in (tmp_path / "run" / "report.md").read_text()

@@ -155,3 +155,9 @@ def test_tradeoff_curve(run_dir, capsys):
     fixed = {p["branch"]: p["scores"]["val"]["macs_fraction"] for p in result["points"] if p["kind"] == "fixed"}
     assert fixed["wide"] == pytest.approx(1.0) and fixed["narrow"] < 0.4
     assert (run_dir / "tradeoff.png").exists()
+    report = (run_dir / "report.md").read_text()
+    assert "| budget 0.4 |" in report and "![PSNR vs Multi-Adds fraction](tradeoff.png)" in report
+    assert main(["tradeoff", str(run_dir), "--calibration", cal, "--budgets", "0.5", "--tile", "12", "--overlap", "4"]) == 0
+    report = (run_dir / "report.md").read_text()  # a second trade-off replaces the first, the rest stays
+    assert report.count("## Dynamic inference") == 1 and "| budget 0.5 |" in report and "| budget 0.4 |" not in report
+    assert "PSNR" in report.split("## Dynamic inference")[0]

@@ -155,3 +155,17 @@ def test_lazy_loss_parameters_are_materialised_and_trained(tmp_path):
     w0 = adaptor.weight.clone()
     tr.train_step(*batch(), 0)
     assert not torch.equal(w0, adaptor.weight)
+
+
+def test_student_init_does_not_depend_on_the_teacher(tmp_path):
+    """Scratch and KD students of one seed start from the same weights: building a teacher draws no random numbers."""
+    cfg = tiny_config(tmp_path)
+    student = {"backbone": "edsr_baseline", "options": {"n_feats": 8, "n_resblocks": 1}}
+    teacher = {"backbone": "edsr_baseline", "options": {"n_feats": 16, "n_resblocks": 2}}
+    stages = [{"name": "s", "steps": 1, "student": student}, {"name": "s", "steps": 1, "student": student, "teacher": teacher, "losses": [{"name": "output_kd"}]}]
+    weights = []
+    for stage in stages:
+        config = parse_config({**cfg, "stages": [stage]})
+        torch.manual_seed(0)
+        weights.append(build_stage(config, 0, {}).branches["student"].model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(weights[0].values(), weights[1].values()))

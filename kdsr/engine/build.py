@@ -115,7 +115,9 @@ def build_stage(config: RunConfig, index: int, finished: dict[str, Stage], load:
     branches: dict[str, Branch] = {}
     teacher_model = None
     if sc.teacher is not None:
-        teacher = resolve_model(sc.teacher, config.scale, f"{where}.teacher", finished, load)
+        # a forked RNG: the student's initial weights depend on the seed alone, not on whether a teacher came first
+        with torch.random.fork_rng(devices=[]):
+            teacher = resolve_model(sc.teacher, config.scale, f"{where}.teacher", finished, load)
         teacher.model.eval().requires_grad_(False)
         teacher.trainable = False
         branches["teacher"] = teacher

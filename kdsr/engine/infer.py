@@ -154,7 +154,7 @@ def tradeoff(
 
     The budget policy is calibrated on ``calibration`` (keep it apart from the eval sets) and
     evaluated on the run's eval sets (or ``folders``). Writes ``tradeoff.json`` and ``tradeoff.png``
-    into the run directory.
+    into the run directory and adds the trade-off table and plot to its ``report.md``.
     """
     from kdsr.engine.restore import evaluate_run
 
@@ -172,7 +172,8 @@ def tradeoff(
         points.append({"kind": "budget", "budget": b, "scores": scores, "expected": router.policy.expected})
     result = {"run": str(run_dir), "calibration": str(calibration), "tile": tile, "overlap": overlap, "points": points}
     (run_dir / "tradeoff.json").write_text(json.dumps(result, indent=1))
-    from kdsr.report import plot_tradeoff
+    from kdsr.report import add_tradeoff_to_report, plot_tradeoff
 
     plot_tradeoff(result, run_dir / "tradeoff.png")
+    add_tradeoff_to_report(run_dir, result)
     return result

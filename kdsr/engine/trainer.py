@@ -181,11 +181,11 @@ class StageTrainer:
     # ------------------------------------------------------------------ loop
     def eval_branches(self) -> dict[str, Branch]:
         """Branches as evaluated/exported: EMA weights where EMA is on; a teacher trained by an
-        earlier stage was scored there already."""
+        earlier stage was scored there already (one from a weights file too, with ``eval.teachers: false``)."""
         out = {}
         teacher = self.cfg.teacher
         for name, b in self.stage.branches.items():
-            if not b.trainable and teacher is not None and teacher.from_stage is not None:
+            if not b.trainable and teacher is not None and (teacher.from_stage is not None or not self.ctx.config.eval.teachers):
                 continue
             owner = next((n for n, m in self.modules.items() if m is b.model), None)
             model = self.ema[owner].module if owner in self.ema else b.model

@@ -12,7 +12,6 @@ usual [0, 1] mean/std input).
 
 from __future__ import annotations
 
-import logging
 import warnings
 import weakref
 from pathlib import Path
@@ -25,7 +24,6 @@ from kdsr import Batch, KdsrError, Loss, Needs, Outputs
 
 from kdsr_csd.vgg import vgg19_features
 
-log = logging.getLogger("kdsr.csd")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -145,6 +143,5 @@ def csd(
             "distances in a random feature space, not CSD's perceptual space; set the csd loss option "
             "vgg_weights to an ImageNet VGG-19 state dict (torchvision or timm format)"
         )
-        warnings.warn(message, UserWarning, stacklevel=2)
-        log.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=2)  # shown once per process by Python's default filter
     return ContrastiveLoss(vgg19_features(vgg_weights), layer_weights, num_negatives, negatives, detach_teacher, normalize)

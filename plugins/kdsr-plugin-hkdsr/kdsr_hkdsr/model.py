@@ -20,6 +20,7 @@ from torch import nn
 
 from kdsr import Branch
 from kdsr.plugins import registry
+from kdsr.weights import strip_run_prefix
 from kdsr_hkdsr.heads import HeadedSR
 
 
@@ -61,7 +62,8 @@ def hkdsr_backbone(
 def load_official(module: HeadedSR, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A checkpoint of the inner backbone (any layout its own ``load_official`` accepts) -> this layout;
     the heads keep the module's current weights."""
-    state = _strip_branch_prefix(state)
+    if all(k.split(".")[1:2] in (["backbone"], ["heads"]) for k in state):
+        state = strip_run_prefix(state)  # a kdsr run's final weights: student.backbone.…
     if any(k.startswith(("backbone.", "heads.")) for k in state):
         return state  # this layout; kdsr reports whatever does not fit
     inner = state
@@ -72,11 +74,3 @@ def load_official(module: HeadedSR, state: dict[str, torch.Tensor]) -> dict[str,
     out = {f"backbone.{k}": v for k, v in inner.items()}
     out.update({k: v.detach().clone() for k, v in module.state_dict().items() if k.startswith("heads.")})
     return out
-
-
-def _strip_branch_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A run's ``final.safetensors`` prefixes keys with the branch name (``student.backbone.…``): drop it."""
-    parts = [k.split(".") for k in state]
-    if len({p[0] for p in parts}) == 1 and all(len(p) > 2 and p[1] in ("backbone", "heads") for p in parts):
-        return {".".join(p[1:]): v for p, v in zip(parts, state.values())}
-    return state
