@@ -19,8 +19,9 @@ RESULTS = Path(__file__).parent / "results"
 
 def provenance() -> dict[str, Any]:
     """Machine, commit and date: a number without these cannot be compared with another."""
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip())
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
+    status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"]  # code, not results
+    dirty = bool(subprocess.run(status, capture_output=True, text=True, cwd=RESULTS.parent.parent).stdout.strip())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return {"machine": machine_info(device), "commit": commit, "dirty_tree": dirty, "date": time.strftime("%Y-%m-%d")}
 
@@ -55,3 +56,10 @@ def write_result(name: str, result: dict[str, Any], markdown: str | None = None)
     if markdown is not None:
         (RESULTS / f"{name}.md").write_text(markdown)
     return path
+
+
+def median_step_s(run_dir: Path, stage: str) -> float | None:
+    """Median seconds per training step of one stage of a finished run (from its metrics.jsonl)."""
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    times = sorted(r["s_per_step"] for r in records if r["stage"] == stage)
+    return times[len(times) // 2] if times else None

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import time
 from pathlib import Path
 
 import yaml
+
+from benchlib import median_step_s, provenance, write_result
 
 
 def main() -> None:
@@ -26,23 +26,12 @@ def main() -> None:
     for run in args.runs:
         report = json.loads((run / "report.json").read_text())
         config = yaml.safe_load((run / "config.resolved.yaml").read_text())
-        train = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
-        per_stage = {}
-        for r in train:
-            per_stage.setdefault(r["stage"], []).append(r["s_per_step"])
-        runs.append({"run": run.name, "report": report, "config": config, "median_s_per_step": {s: sorted(v)[len(v) // 2] for s, v in per_stage.items()}})
-    out = {
-        "name": args.name,
-        "note": args.note,
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "date": time.strftime("%Y-%m-%d"),
-        "runs": runs,
-    }
-    folder = Path(__file__).parent / "results"
-    folder.mkdir(exist_ok=True)
-    (folder / f"{args.name}.json").write_text(json.dumps(out, indent=1))
-    (folder / f"{args.name}.md").write_text(table(out))
-    print(table(out))
+        steps = {s["name"]: median_step_s(run, s["name"]) for s in config["stages"]}
+        runs.append({"run": run.name, "report": report, "config": config, "median_s_per_step": steps})
+    out = {"name": args.name, "note": args.note, "runs": runs}
+    markdown = table({**provenance(), **out})
+    write_result(args.name, out, markdown)
+    print(markdown)
 
 
 def table(out: dict) -> str:

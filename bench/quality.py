@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from benchlib import RESULTS, run_child, write_result
+from benchlib import RESULTS, median_step_s, run_child, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = (ROOT / "../shared/data/sr").resolve()
@@ -183,10 +183,8 @@ def rows_of(method: str, width: float | None, report: dict[str, Any]) -> dict[fl
 def job_record(out: Path, stage: str) -> dict[str, Any]:
     """A finished job's wall time, peak RSS, median step time of ``stage`` and config."""
     record = json.loads((out / "bench_job.json").read_text())
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
-    step_s = sorted(r["s_per_step"] for r in metrics if r["stage"] == stage)
     config = yaml.safe_load((out / "config.resolved.yaml").read_text())
-    return {**record, "median_s_per_step": step_s[len(step_s) // 2] if step_s else None, "config": config}
+    return {**record, "median_s_per_step": median_step_s(out, stage), "config": config}
 
 
 def collect(suite_name: str, suite: Suite, work: Path, teacher_dir: Path) -> dict[str, Any]:
