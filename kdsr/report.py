@@ -266,6 +266,9 @@ def profile_backbones(
     return rows
 
 
+TRADEOFF_HEADING = "## Dynamic inference: PSNR vs Multi-Adds"
+
+
 def tradeoff_markdown(result: dict[str, Any]) -> str:
     """The trade-off as a report section: one row per fixed branch and per budget, PSNR @ Multi-Adds fraction."""
     sets = sorted(result["points"][0]["scores"]) if result["points"] else []
@@ -282,9 +285,6 @@ def tradeoff_markdown(result: dict[str, Any]) -> str:
         cells = [f"{p['scores'][s]['psnr']:.2f} @ {p['scores'][s]['macs_fraction']:.1%}" for s in sets]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", "![PSNR vs Multi-Adds fraction](tradeoff.png)", ""])
-
-
-TRADEOFF_HEADING = "## Dynamic inference: PSNR vs Multi-Adds"
 
 
 def add_tradeoff_to_report(run_dir: Path, result: dict[str, Any]) -> None:

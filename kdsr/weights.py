@@ -90,7 +90,7 @@ def strip_run_prefix(state: dict[str, torch.Tensor], expected: set[str] | None =
     """A run's ``checkpoints/<stage>/final.safetensors`` prefixes every key with the branch's module name
     (``student.body.0...``); drop that one shared prefix so the file loads as plain network weights.
 
-    With ``expected`` (the model's keys) the prefix is dropped only if that makes the keys match.
+    With ``expected`` (the model's keys) the prefix is dropped only if every stripped key is one of them.
     """
     heads = {k.split(".", 1)[0] for k in state}
     if len(heads) != 1 or not all("." in k for k in state):
