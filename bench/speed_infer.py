@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchlib import write_result
+from benchlib import RESULTS, write_result
 from kdsr.branches import Branch
 from kdsr.plugins import registry
 from kdsr.profiling import lr_size_for, measure_latency, profile_macs
@@ -86,8 +86,8 @@ def measure(label: str, model: nn.Module, var: str, scale: int, repeats: int, pe
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         print(f"{label:32s} {var:13s} failed: {row['error']}", flush=True)
         return row
-    if var == "channels_last":
-        model.to(memory_format=torch.contiguous_format)
+    finally:
+        model.to(memory_format=torch.contiguous_format)  # the next variant starts from the default layout
     peak = peaks["bf16" if var == "bf16" else "fp32"]
     row.update(latency_s=lat.median_s, p90_s=lat.p90_s, macs_per_s=macs / lat.median_s, fraction_of_peak=macs / lat.median_s / peak)
     print(f"{label:32s} {var:13s} {lat.median_s:7.3f} s  {macs / 1e9:7.1f} G  {row['fraction_of_peak']:6.1%} of peak", flush=True)
@@ -157,8 +157,6 @@ def main() -> None:
         rows.append(measure(name, model, "fp32", args.scale, args.repeats, peaks, tuple(args.hr)))
     result = {"scale": args.scale, "hr_size": tuple(args.hr), "threads": torch.get_num_threads(), "variants": variants, "matmul_peak_macs_per_s": peaks, "rows": rows}
     write_result("speed_infer", result, markdown(result))
-    from benchlib import RESULTS
-
     plot(result, RESULTS / "speed_infer_latency_vs_width.png")
     print(markdown(result))
 
