@@ -1,14 +1,22 @@
-"""Engine overhead: kdsr's training step against a hand-written loop doing the same maths.
+"""Engine overhead and CSD's step cost: kdsr's training step against hand-written loops doing the same maths.
 
-Both run in this process on the same batch, alternating step by step so machine noise hits both
-alike; the figure is the ratio of median step times. Data loading is excluded from both. Cases:
+Every variant of a case runs in this process on the same batch, in rotating order step by step so machine
+noise hits all alike; figures are ratios of median step times to the case's baseline. Data loading is
+excluded. Cases:
 
-- ``output_kd``: EDSR-baseline teacher 64x16 (frozen) -> student 32x8, x4, batch 16, LR patch 24;
+- ``output_kd``: EDSR-baseline teacher 64x16 (frozen) -> student 32x8, x4, batch 16, LR patch 24; baseline
+  ``bare``, a hand-written loop (the ratio is the engine's overhead);
 - ``csd``: CSD on a CSSR-Net (EDSR 64x8, widths 1.0 and 0.25, the quality suite's job): two branches of
   one network, L1 on both, 200 x contrastive loss through VGG-19 with K = 10 bicubic negatives, x4,
-  batch 16, LR patch 12. The bare loop writes CSD's formula out by hand with the same VGG module.
+  batch 16, LR patch 12; baseline ``bare``, CSD's formula written out by hand with the same VGG module;
+- ``csd_paper``: the official CSD recipe's step (EDSR 64x16, widths 1.0 + 0.25, x4, batch 16, LR patch 48,
+  K = 10, lambda_CL 200); baseline ``official``, a loop with the official trainer's structure (every
+  VGG pass under autograd, the positive detached after its pass, negatives ``lr[randperm(K)]``
+  upsampled); variants kdsr as configured by default, with ``channels_last: true``, and with that plus
+  the csd loss's ``vgg_precision: bf16``. design.md's target: kdsr's CSD step at most 0.5x the official
+  one. Slow: about 25 s per step and variant; at most 6 measured steps.
 
-Usage: python bench/speed_engine.py [--cases output_kd csd] [--steps 30]
+Usage: python bench/speed_engine.py [--cases output_kd csd csd_paper] [--steps 30]
 Writes results/speed_engine.json.
 """
 
@@ -32,6 +40,21 @@ from kdsr.engine.build import build_stage
 from kdsr.engine.context import RunContext
 from kdsr.engine.trainer import StageTrainer
 
+Step = Callable[[torch.Tensor, torch.Tensor, int], object]
+
+def cssr_csd_stage(n_resblocks: int, **csd_options: Any) -> dict[str, Any]:
+    """CSD's stage: one CSSR-Net (EDSR 64 ch, widths 1.0 and 0.25), L1 on both branches, 200 x CL."""
+    backbone = {"backbone": "edsr_baseline", "options": {"n_feats": 64, "n_resblocks": n_resblocks}}
+    return {
+        "student": {"constructor": "cssr", "options": {**backbone, "widths": [1.0, 0.25]}},
+        "losses": [
+            {"name": "l1", "student": "w1.0"},
+            {"name": "l1", "student": "w0.25"},
+            {"name": "csd", "student": "w0.25", "teacher": "w1.0", "weight": 200, "options": {"num_negatives": 10, **csd_options}},
+        ],
+    }
+
+
 CASES: dict[str, dict[str, Any]] = {
     "output_kd": {
         "batch": 16,
@@ -42,37 +65,29 @@ CASES: dict[str, dict[str, Any]] = {
             "losses": [{"name": "output_kd", "options": {"alpha": 0.5}}],
         },
     },
-    "csd": {
-        "batch": 16,
-        "lr_patch": 12,
-        "stage": {
-            "student": {
-                "constructor": "cssr",
-                "options": {"backbone": "edsr_baseline", "options": {"n_feats": 64, "n_resblocks": 8}, "widths": [1.0, 0.25]},
-            },
-            "losses": [
-                {"name": "l1", "student": "w1.0"},
-                {"name": "l1", "student": "w0.25"},
-                {"name": "csd", "student": "w0.25", "teacher": "w1.0", "weight": 200, "options": {"num_negatives": 10}},
-            ],
-        },
-    },
+    "csd": {"batch": 16, "lr_patch": 12, "stage": cssr_csd_stage(8)},
+    "csd_paper": {"batch": 16, "lr_patch": 48, "stage": cssr_csd_stage(16)},
 }
 
 
-def kdsr_trainer(case: dict[str, Any], tmp: Path) -> StageTrainer:
-    config = parse_config({"scale": 4, "out_dir": str(tmp), "stages": [{"name": "bench", "steps": 1, **case["stage"]}]})
+def kdsr_trainer(case: dict[str, Any], tmp: Path, **stage_options: Any) -> StageTrainer:
+    stage_cfg = {"name": "bench", "steps": 1, **case["stage"], **stage_options}
+    config = parse_config({"scale": 4, "out_dir": str(tmp), "stages": [stage_cfg]})
     torch.manual_seed(0)
     stage = build_stage(config, 0, {})
     return StageTrainer(RunContext(config, tmp, torch.device("cpu")), stage, None, None, None, None)
 
 
-def bare_output_kd(tr: StageTrainer) -> Callable[[torch.Tensor, torch.Tensor], float]:
+def kdsr_step(tr: StageTrainer) -> Step:
+    return lambda lr, hr, i: tr.train_step(lr, hr, i)
+
+
+def bare_output_kd(tr: StageTrainer) -> Step:
     student = copy.deepcopy(tr.stage.branches["student"].model)
     teacher = copy.deepcopy(tr.stage.branches["teacher"].model)
     opt = torch.optim.Adam(student.parameters(), lr=1e-4)
 
-    def step(lr: torch.Tensor, hr: torch.Tensor) -> float:
+    def step(lr: torch.Tensor, hr: torch.Tensor, i: int) -> float:
         with torch.no_grad():
             t = teacher(lr)
         s = student(lr)
@@ -85,23 +100,30 @@ def bare_output_kd(tr: StageTrainer) -> Callable[[torch.Tensor, torch.Tensor], f
     return step
 
 
-def bare_csd(tr: StageTrainer) -> Callable[[torch.Tensor, torch.Tensor], float]:
+def bare_csd(tr: StageTrainer, official: bool = False) -> Step:
+    """CSD's step written out by hand. ``official``: the official trainer's structure (VGG passes under
+    autograd, positive detached afterwards, negatives a shuffle of the first K LR patches)."""
     net = copy.deepcopy(tr.stage.branches["w1.0"].model)
     vgg = next(t.loss.features for t in tr.stage.terms if hasattr(t.loss, "features"))
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     layer_weights, k = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0), 10
 
-    def step(lr: torch.Tensor, hr: torch.Tensor) -> float:
+    def step(lr: torch.Tensor, hr: torch.Tensor, i: int) -> float:
         full = net(lr, width=1.0)
         slim = net(lr, width=0.25)
-        bicubic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
         anchor = vgg(slim * 255.0)
-        with torch.no_grad():
-            positive = vgg(full * 255.0)
-            negative = vgg(bicubic[:k] * 255.0)
+        if official:
+            negatives = F.interpolate(lr[torch.randperm(k)], scale_factor=4, mode="bicubic", align_corners=False)
+            positive = [f.detach() for f in vgg(full * 255.0)]
+            negative = vgg(negatives * 255.0)
+        else:
+            with torch.no_grad():
+                negatives = F.interpolate(lr[:k], scale_factor=4, mode="bicubic", align_corners=False)
+                positive = vgg(full * 255.0)
+                negative = vgg(negatives * 255.0)
         cl = 0.0
         for w, a, p, n in zip(layer_weights, anchor, positive, negative):
-            cl = cl + w * (a - p).abs().mean() / (sum((a - n[i : i + 1]).abs().mean() for i in range(k)) + 1e-7)
+            cl = cl + w * (a - p).abs().mean() / (sum((a - n[j : j + 1]).abs().mean() for j in range(k)) + 1e-7)
         loss = F.l1_loss(full, hr) + F.l1_loss(slim, hr) + 200.0 * cl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -111,40 +133,55 @@ def bare_csd(tr: StageTrainer) -> Callable[[torch.Tensor, torch.Tensor], float]:
     return step
 
 
-BARE = {"output_kd": bare_output_kd, "csd": bare_csd}
+def variants(name: str, case: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Step]]:
+    """The case's baseline name and its step functions, baseline included."""
+    tr = kdsr_trainer(case, tmp)
+    if name == "output_kd":
+        return "bare", {"kdsr": kdsr_step(tr), "bare": bare_output_kd(tr)}
+    if name == "csd":
+        return "bare", {"kdsr": kdsr_step(tr), "bare": bare_csd(tr)}
+    channels_last = kdsr_trainer(case, tmp, channels_last=True)
+    bf16_vgg = kdsr_trainer({**case, "stage": cssr_csd_stage(16, vgg_precision="bf16")}, tmp, channels_last=True)
+    return "official", {
+        "kdsr": kdsr_step(tr),
+        "kdsr_channels_last": kdsr_step(channels_last),
+        "kdsr_channels_last_bf16_vgg": kdsr_step(bf16_vgg),
+        "official": bare_csd(tr, official=True),
+    }
 
 
-def measure(name: str, steps: int) -> dict[str, Any]:
+def measure(name: str, steps: int, warmup: int = 2) -> dict[str, Any]:
     case = CASES[name]
     with tempfile.TemporaryDirectory() as tmp:
-        tr = kdsr_trainer(case, Path(tmp))
-        bare = BARE[name](tr)
+        baseline, fns = variants(name, case, Path(tmp))
         g = torch.Generator().manual_seed(0)
         b, p = case["batch"], case["lr_patch"]
         lr = torch.rand(b, 3, p, p, generator=g)
         hr = torch.rand(b, 3, p * 4, p * 4, generator=g)
-        times: dict[str, list[float]] = {"kdsr": [], "bare": []}
-        for i in range(steps + 3):
-            for who in ("kdsr", "bare") if i % 2 == 0 else ("bare", "kdsr"):
+        times: dict[str, list[float]] = {who: [] for who in fns}
+        order = list(fns)
+        for i in range(steps + warmup):
+            for who in order[i % len(order) :] + order[: i % len(order)]:  # rotate who goes first
                 t0 = time.perf_counter()
-                if who == "kdsr":
-                    tr.train_step(lr, hr, i)
-                else:
-                    bare(lr, hr)
-                if i >= 3:  # warm-up
+                fns[who](lr, hr, i)
+                if i >= warmup:
                     times[who].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"case": case, "median_step_s": med, "overhead": med["kdsr"] / med["bare"] - 1.0, "steps": steps}
-    print(f"{name}: kdsr {med['kdsr']:.3f} s/step, bare {med['bare']:.3f} s/step, overhead {out['overhead']:+.1%}", flush=True)
+    ratio = {k: v / med[baseline] for k, v in med.items() if k != baseline}
+    out = {"case": case, "baseline": baseline, "median_step_s": med, "ratio_to_baseline": ratio, "steps": steps}
+    if baseline == "bare":
+        out["overhead"] = ratio["kdsr"] - 1.0
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in med.items())
+    print(f"{name}: s/step {shown}; vs {baseline}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()), flush=True)
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=30, help="measured steps per variant (csd_paper: at most 6)")
     args = p.parse_args()
-    results = {name: measure(name, args.steps) for name in args.cases}
+    results = {name: measure(name, min(args.steps, 6) if name == "csd_paper" else args.steps) for name in args.cases}
     write_result("speed_engine", {"threads": torch.get_num_threads(), "cases": results})
 
 
