@@ -9,6 +9,7 @@ config is kept beside its report); finished jobs are reused, so an interrupted s
     python bench/quality.py            # the suite (see SUITES for steps, seeds, sets)
     python bench/quality.py --quick    # the same pipeline, few steps, width 0.25, Set5 (~15 min)
     python bench/quality.py --collect  # rebuild the tables/plot from the finished jobs only
+    python bench/quality.py --only csd_bf16   # a check outside the suite: CSD with its VGG in bfloat16
 
 Writes results/quality[_quick].{json,md} and results/quality[_quick]_pareto.png.
 """
@@ -115,6 +116,7 @@ def student_stage(suite: Suite, width: float, weights: Path, method: str) -> lis
 
 
 METHODS = ("scratch", "slice_l1", "output_kd", "fd", "fakd", "facd", "hkdsr", "csd", "csd_bf16", "procsd")
+EXTRA_METHODS = ("csd_bf16",)  # run only when named (--only): checks, not part of the 3-hour suite
 VGG_METHODS = ("csd", "csd_bf16", "procsd")
 FIRST_WIDTH_ONLY = ("csd_bf16", "procsd")  # a precision check, and Pro-CSD's one job that trains every width
 
@@ -137,12 +139,17 @@ def config(name: str, out: Path, seed: int, stages: list[dict[str, Any]], suite:
     }
 
 
-def jobs(suite: Suite, work: Path, weights: Path) -> list[tuple[str, str, float | None, int, dict[str, Any]]]:
-    """(job name, method, width or None for all, seed, config), seed 0 of every method first."""
+def jobs(
+    suite: Suite, work: Path, weights: Path, extra: tuple[str, ...] = ()
+) -> list[tuple[str, str, float | None, int, dict[str, Any]]]:
+    """(job name, method, width or None for all, seed, config), seed 0 of every method first; of the
+    EXTRA_METHODS only those in ``extra``."""
     out = []
     for seed in sorted(set(suite.seeds) | set(suite.vgg_seeds)):
         for width in suite.widths:
             for method in METHODS:
+                if method in EXTRA_METHODS and method not in extra:
+                    continue
                 seeds = suite.vgg_seeds if method in VGG_METHODS else suite.seeds
                 if seed not in seeds or (method in FIRST_WIDTH_ONLY and width != suite.widths[0]):
                     continue
@@ -201,7 +208,7 @@ def collect(suite_name: str, suite: Suite, work: Path, teacher_dir: Path) -> dic
     t_row = teacher["models"]["teacher"]
     entries: dict[tuple[str, float], list[dict[str, Any]]] = {}
     jobs_done = {"teacher": job_record(teacher_dir, "teacher")}
-    for name, method, width, seed, cfg in jobs(suite, work, weights):
+    for name, method, width, seed, cfg in jobs(suite, work, weights, extra=EXTRA_METHODS):
         out = Path(cfg["out_dir"])
         if not (out / "bench_job.json").exists():
             continue
@@ -295,7 +302,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--collect", action="store_true", help="only rebuild the results from finished jobs")
-    p.add_argument("--only", nargs="+", choices=METHODS, help="run only these methods")
+    p.add_argument("--only", nargs="+", choices=METHODS, help=f"run only these methods ({', '.join(EXTRA_METHODS)}: only when named)")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench", help="where jobs and the cached teacher live")
     args = p.parse_args()
     if not (DATA / "T91").is_dir():
@@ -311,7 +318,7 @@ def main() -> None:
                  "scheduler": {"name": "cosine"}, "log_every": 50, "checkpoint_every": 500}
         if run_job("teacher", config("teacher", teacher_dir, 0, [stage], suite), work) is None:
             sys.exit("the teacher job failed; nothing else can run")
-        for name, method, _, _, cfg in jobs(suite, work, weights):
+        for name, method, _, _, cfg in jobs(suite, work, weights, extra=tuple(args.only or ())):
             if not args.only or method in args.only:
                 run_job(name, cfg, work)
     result = collect(suite_name, suite, work, teacher_dir)
