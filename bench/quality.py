@@ -7,7 +7,7 @@ params and Multi-Adds at a 720p output. Each job is a normal ``kdsr run`` in its
 config is kept beside its report); finished jobs are reused, so an interrupted suite resumes.
 
     python bench/quality.py            # the suite (see SUITES for steps, seeds, sets)
-    python bench/quality.py --quick    # the same pipeline, few steps, width 0.25, Set5 (~15 min)
+    python bench/quality.py --quick    # the same pipeline, few steps, width 0.25, Set5 (6 min on 2 cores)
     python bench/quality.py --collect  # rebuild the tables/plot from the finished jobs only
     python bench/quality.py --only csd_bf16   # a check outside the suite: CSD with its VGG in bfloat16
 
@@ -135,7 +135,7 @@ def config(name: str, out: Path, seed: int, stages: list[dict[str, Any]], suite:
         },
         "stages": stages,
         "eval": {"teachers": False},  # the cached teacher is scored once, by its own job
-        "profile": {"latency": False},  # latency is bench/speed.py's job, on an idle machine
+        "profile": {"latency": False},  # latency is bench/speed_infer.py's job, on an idle machine
     }
 
 
