@@ -1,163 +1,235 @@
-"""Inference latency per backbone and width at a 1280x720 output, against the machine's matmul peak.
+"""Issue 16's inference targets in one run: EDSR-baseline x4 to 1280x720 through kdsr's inference path.
 
-The peak is measured here (best of several large ``torch.mm`` calls, fp32 and bf16) because it is the
-physical limit a convolution can reach on this CPU; a model's achieved rate is its fvcore Multi-Adds
-divided by its median latency, reported as a fraction of that peak.
+Measured here, in one process, against the matmul peak measured in the same run (best of several
+4096^3 ``torch.mm``, the physical limit a convolution can reach on this CPU):
 
-Models: EDSR-baseline (64 x 16, x4) at widths 1.0 / 0.75 / 0.5 / 0.25, both as a weight-shared CSSR-Net
-branch (what a switchable model runs) and as an independent network of that width; then the other zoo
-backbones at their default sizes. Variants for the EDSR widths: fp32, bf16 (autocast), channels_last,
-``torch.compile`` (skipped with a reason where it fails); the other backbones run fp32 only.
+* ``paths``: each width (a CSSR-Net branch, what a switchable model runs, and an independent network
+  of that width) on the default path (``kdsr.runtime``: channels_last, inference_mode, through the
+  router as ``kdsr infer`` runs it), beside the plain eager call it replaces and TorchScript freezing
+  (conv + ReLU fusion) for reference. Target: full width >= 70% of the peak.
+* ``widths``: speed-up of the 0.5 / 0.25 branches over full width against their Multi-Adds ratio
+  (targets >= 0.8x and >= 0.7x of it).
+* ``tiled_4k``: the router's automatic tiles at a 3840x2160 output against one whole-image pass
+  (target <= 1.1; peak memory: bench/memory_infer.py).
+* ``precision``: bf16 (where the CPU has AMX / AVX512-BF16) and int8 (onnxruntime's quantiser,
+  calibrated on ``--calibration``) speed-up over fp32 per width; with ``--run RUN_DIR`` (a trained
+  multi-width run, e.g. from bench/quality.py) also the PSNR delta on ``--sets`` (target int8 within 0.1 dB).
+* ``backends``: onnxruntime / OpenVINO latency per width beside torch.
 
-Usage: python bench/speed_infer.py [--scale 4] [--repeats 3] [--no-compile] [--backbones carn imdn ...]
-Writes results/speed_infer.json and .md; run it on an otherwise idle machine.
+Usage: python bench/speed_infer.py [--repeats 5] [--calibration DIR] [--run RUN_DIR --sets DIR ...] [--quick]
+``--quick`` runs tiny sizes to check the script (numbers meaningless). Writes results/speed_infer.json
+(results/speed_infer_quick.json) and .md; run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
+import tempfile
 import time
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from benchlib import RESULTS, write_result
+from benchlib import write_result
+from kdsr.api import router_for
 from kdsr.branches import Branch
+from kdsr.errors import KdsrError
 from kdsr.plugins import registry
 from kdsr.profiling import lr_size_for, measure_latency, profile_macs
 from kdsr.report import BranchModule
+from kdsr.runtime import Runtime, check_runtime, cpu_has_bf16
 
-HR = (720, 1280)
-WIDTHS = (1.0, 0.75, 0.5, 0.25)
-OTHER_BACKBONES = ("carn", "carn_m", "imdn", "imdn_rtc", "swinir_light")
+HR, HR_4K = (720, 1280), (2160, 3840)
+WIDTHS = (1.0, 0.5, 0.25)
+SETS = ("Set5", "Set14", "B100")
+SHARED = Path("/work/shared/data/sr")
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
     """Best achieved multiply-adds per second of an n x n x n matmul (the CPU's practical peak)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
     return n**3 / best
 
 
-def _timed(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def edsr_models(scale: int) -> list[tuple[str, float, nn.Module]]:
-    backbones, students = registry("backbone"), registry("student")
+def models(scale: int, widths: tuple[float, ...] = WIDTHS) -> list[tuple[str, float, Branch]]:
+    """(label, width, branch): CSSR-Net branches of one weight-shared EDSR-baseline, and independent ones."""
     torch.manual_seed(0)
-    shared = students.create("cssr", {"backbone": "edsr_baseline", "widths": list(WIDTHS)}, teacher=None, scale=scale)
+    shared = registry("student").create("cssr", {"backbone": "edsr_baseline", "widths": list(widths)}, teacher=None, scale=scale)
     out = []
-    for w in WIDTHS:
-        out.append((f"cssr edsr_baseline w{w}", w, BranchModule(shared[f"w{w}"]).eval()))
-        net = backbones.create("edsr_baseline", {"n_feats": int(64 * w)}, scale=scale).eval()
-        out.append((f"edsr_baseline {int(64 * w)} ch", w, net))
+    for w in widths:
+        out.append((f"cssr w{w}", w, shared[f"w{w}"]))
+        net = registry("backbone").create("edsr_baseline", {"n_feats": int(64 * w)}, scale=scale).eval()
+        out.append((f"edsr_baseline {int(64 * w)} ch", w, Branch(net)))
     return out
 
 
-def variant(model: nn.Module, name: str) -> tuple[nn.Module, contextlib.AbstractContextManager, torch.memory_format]:
-    if name == "bf16":
-        return model, torch.autocast("cpu", dtype=torch.bfloat16), torch.contiguous_format
-    if name == "channels_last":
-        return model.to(memory_format=torch.channels_last), contextlib.nullcontext(), torch.channels_last
-    if name == "compile":
-        return torch.compile(model), contextlib.nullcontext(), torch.contiguous_format
-    return model, contextlib.nullcontext(), torch.contiguous_format
+def latency(fn: Any, x: torch.Tensor, repeats: int) -> float:
+    return measure_latency(fn, x, repeats=repeats, warmup=1).median_s
 
 
-def measure(label: str, model: nn.Module, var: str, scale: int, repeats: int, peaks: dict[str, float], hr: tuple[int, int] = HR) -> dict[str, Any]:
-    lr_size = lr_size_for(hr, scale)
-    macs = profile_macs(model, lr_size).total
-    x = torch.rand(1, 3, *lr_size)
-    run_model, ctx, fmt = variant(model, var)
-    x = x.contiguous(memory_format=fmt)
-    row: dict[str, Any] = {"model": label, "variant": var, "macs": macs}
+def engine(branch: Branch, scale: int, runtime: Runtime = Runtime(), tile: Any = "auto") -> Any:
+    """What ``kdsr infer`` runs: the router over one branch (automatic tiles, uint8 output)."""
+    return router_for(branch, scale, tile, runtime=runtime)
+
+
+def frozen(branch: Branch, x: torch.Tensor) -> Any:
+    """TorchScript trace + freeze of a channels_last copy (oneDNN conv + ReLU / add fusion)."""
+    module = copy.deepcopy(BranchModule(branch)).eval().to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        fn = torch.jit.freeze(torch.jit.trace(module, xc))
+    return lambda t: fn(t.contiguous(memory_format=torch.channels_last))
+
+
+def attempt(what: str, fn: Any) -> dict[str, Any]:
+    """``fn()``'s row, or the reason it could not run (a missing package, an unsupported CPU)."""
     try:
-        t0 = time.perf_counter()
-        with ctx:
-            lat = measure_latency(run_model, x, repeats=repeats, warmup=1)
-        row["first_call_and_timing_s"] = time.perf_counter() - t0
-    except Exception as exc:  # compile backends fail in many ways; record why and go on
-        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        print(f"{label:32s} {var:13s} failed: {row['error']}", flush=True)
-        return row
-    finally:
-        model.to(memory_format=torch.contiguous_format)  # the next variant starts from the default layout
-    peak = peaks["bf16" if var == "bf16" else "fp32"]
-    row.update(latency_s=lat.median_s, p90_s=lat.p90_s, macs_per_s=macs / lat.median_s, fraction_of_peak=macs / lat.median_s / peak)
-    print(f"{label:32s} {var:13s} {lat.median_s:7.3f} s  {macs / 1e9:7.1f} G  {row['fraction_of_peak']:6.1%} of peak", flush=True)
-    return row
+        return fn()
+    except (KdsrError, RuntimeError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        print(f"{what}: skipped ({reason})", flush=True)
+        return {"skipped": reason}
+
+
+def measure_paths(rows: list, scale: int, hr: tuple[int, int], repeats: int, peak: float, widths: tuple[float, ...]) -> None:
+    x = torch.rand(1, 3, *lr_size_for(hr, scale))
+    for label, width, branch in models(scale, widths):
+        macs = profile_macs(BranchModule(branch), x.shape[-2:]).total
+        row: dict[str, Any] = {"model": label, "width": width, "macs": macs}
+        row["eager_s"] = latency(lambda t: BranchModule(branch).eval()(t), x, repeats)
+        row["engine_s"] = latency(engine(branch, scale), x, repeats)
+        row.update({f"freeze_{k}": v for k, v in attempt(f"{label} freeze", lambda: {"s": latency(frozen(branch, x), x, repeats)}).items()})
+        row["engine_fraction_of_peak"] = macs / row["engine_s"] / peak
+        rows.append(row)
+        print(f"{label:22s} eager {row['eager_s']:.3f} s  engine {row['engine_s']:.3f} s ({row['engine_fraction_of_peak']:.0%} of peak)", flush=True)
+
+
+def width_ratios(rows: list) -> dict[str, Any]:
+    out = {}
+    for prefix in ("cssr", "edsr_baseline"):
+        mine = {r["width"]: r for r in rows if r["model"].startswith(prefix)}
+        full = mine[1.0]
+        for w in (0.5, 0.25):
+            if w in mine:
+                speedup, macs_ratio = full["engine_s"] / mine[w]["engine_s"], full["macs"] / mine[w]["macs"]
+                out[f"{prefix} w{w}"] = {"speedup": speedup, "macs_ratio": macs_ratio, "speedup_over_macs_ratio": speedup / macs_ratio}
+    return out
+
+
+def tiled_4k(scale: int, hr: tuple[int, int], repeats: int) -> dict[str, Any]:
+    branch = next(b for label, w, b in models(scale) if label.startswith("edsr_baseline") and w == 1.0)
+    x = torch.rand(1, 3, *lr_size_for(hr, scale))
+    whole = latency(engine(branch, scale, tile=None), x, repeats)
+    router = engine(branch, scale)
+    tiled = latency(router, x, repeats)
+    tiles = router(x).tiles["model"]
+    return {"hr": list(hr), "whole_s": whole, "tiled_s": tiled, "ratio": tiled / whole, "tiles": tiles}
+
+
+def measure_precision(
+    rows: list, scale: int, hr: tuple[int, int], repeats: int, calibration: Path, backends: list[str], widths: tuple[float, ...]
+) -> list:
+    x = torch.rand(1, 3, *lr_size_for(hr, scale))
+    out = []
+    runtimes = [Runtime("bf16"), Runtime("int8", "onnxruntime", calibration)]
+    runtimes += [Runtime("fp32", b) for b in backends] + [Runtime("int8", "openvino", calibration)] * ("openvino" in backends)
+    fp32 = {r["model"]: r["engine_s"] for r in rows}
+    for label, width, branch in models(scale, widths):
+        for rt in runtimes:
+            def row() -> dict[str, Any]:
+                check_runtime(rt)
+                s = latency(engine(branch, scale, rt), x, repeats)
+                return {"s": s, "speedup_over_fp32": fp32[label] / s}
+
+            r = {"model": label, "width": width, "runtime": rt.label, **attempt(f"{label} {rt.label}", row)}
+            if "s" in r:
+                print(f"{label:22s} {rt.label:18s} {r['s']:.3f} s  x{r['speedup_over_fp32']:.2f} vs fp32", flush=True)
+            out.append(r)
+    return out
+
+
+def quality(run: Path, sets: list[Path], calibration: Path) -> dict[str, Any]:
+    """PSNR of each lower precision against fp32 on ``sets`` with a trained run's models."""
+    from kdsr.engine.restore import evaluate_models
+    from kdsr.models import open_models
+
+    models_ = open_models(run)
+    out: dict[str, Any] = {}
+    for rt in (Runtime("bf16"), Runtime("int8", "onnxruntime", calibration), Runtime("int8", "openvino", calibration)):
+        res = attempt(f"quality {rt.label}", lambda: {"scores": evaluate_models(models_, sets, runtime=rt)})
+        out[rt.label] = {k: v for k, v in res.get("scores", res).items() if k.endswith(f"[{rt.label}]") or k == "skipped"}
+    return out
+
+
+def default_calibration(tmp: Path) -> Path:
+    """T91 (a training set, never scored) when it is here, else a few synthetic images."""
+    if (SHARED / "T91").is_dir():
+        return SHARED / "T91"
+    from kdsr.testing import make_image_folder
+
+    make_image_folder(tmp / "cal", n=8, size=(96, 96), seed=0)
+    return tmp / "cal"
 
 
 def markdown(result: dict[str, Any]) -> str:
-    p = result["matmul_peak_macs_per_s"]
-    lines = [
-        f"# Inference latency at {result['hr_size'][1]}x{result['hr_size'][0]} output (x{result['scale']}, batch 1, {result['threads']} threads)",
-        "",
-        f"Matmul peak measured here: fp32 {p['fp32'] / 1e9:.0f} G Multi-Adds/s, bf16 {p['bf16'] / 1e9:.0f} G Multi-Adds/s.",
-        "",
-        "| model | variant | Multi-Adds (G) | latency (s) | achieved G Multi-Adds/s | % of matmul peak |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['variant']} | {r['macs'] / 1e9:.1f} | failed: {r['error']} | - | - |")
-        else:
-            lines.append(
-                f"| {r['model']} | {r['variant']} | {r['macs'] / 1e9:.1f} | {r['latency_s']:.3f} | {r['macs_per_s'] / 1e9:.1f} | {r['fraction_of_peak']:.1%} |"
-            )
+    lines = [f"# Inference at {result['hr'][1]}x{result['hr'][0]} (x{result['scale']}, {result['threads']} threads)", "",
+             f"Matmul peak: fp32 {result['matmul_peak_macs_per_s'] / 1e9:.0f} G Multi-Adds/s.", "",
+             "| model | Multi-Adds (G) | eager (s) | engine (s) | freeze (s) | engine % of peak |", "|---|---|---|---|---|---|"]
+    for r in result["paths"]:
+        freeze = f"{r['freeze_s']:.3f}" if "freeze_s" in r else "-"
+        lines.append(f"| {r['model']} | {r['macs'] / 1e9:.1f} | {r['eager_s']:.3f} | {r['engine_s']:.3f} | {freeze} | {r['engine_fraction_of_peak']:.1%} |")
+    lines += ["", "| branch | speed-up | Multi-Adds ratio | speed-up / ratio |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['speedup']:.2f} | {v['macs_ratio']:.2f} | {v['speedup_over_macs_ratio']:.2f} |" for k, v in result["widths"].items()]
+    t = result["tiled_4k"]
+    lines += ["", f"Tiled / whole at {t['hr'][1]}x{t['hr'][0]}: {t['tiled_s']:.2f} s / {t['whole_s']:.2f} s = {t['ratio']:.2f} ({t['tiles']} tiles).", "",
+              "| model | runtime | latency (s) | speed-up over fp32 |", "|---|---|---|---|"]
+    for r in result["precision"]:
+        cell = f"{r['s']:.3f} | {r['speedup_over_fp32']:.2f}" if "s" in r else f"skipped: {r['skipped']} | -"
+        lines.append(f"| {r['model']} | {r['runtime']} | {cell} |")
     return "\n".join(lines) + "\n"
-
-
-def plot(result: dict[str, Any], path: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for prefix, style in (("cssr", "-o"), ("edsr_baseline", "--s")):
-        for var in result["variants"]:
-            pts = sorted((r["width"], r["latency_s"]) for r in result["rows"] if r.get("width") and r["model"].startswith(prefix) and r["variant"] == var and "error" not in r)
-            if pts:
-                ax.plot(*zip(*pts), style, label=f"{'CSSR branch' if prefix == 'cssr' else 'independent'} {var}")
-    ax.set_xlabel("width")
-    ax.set_ylabel(f"latency (s) at {result['hr_size'][1]}x{result['hr_size'][0]} output")
-    ax.set_yscale("log")
-    ax.set_title(f"EDSR-baseline x{result['scale']}: latency vs width")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--hr", type=int, nargs=2, default=HR, metavar=("H", "W"), help="output size (default 720 1280)")
-    p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--backbones", nargs="*", default=list(OTHER_BACKBONES))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--calibration", type=Path, help="int8 calibration images (default: T91 from the shared data, else synthetic)")
+    p.add_argument("--backends", nargs="*", default=["onnxruntime", "openvino"])
+    p.add_argument("--run", type=Path, help="a trained multi-width run: PSNR deltas of bf16 / int8 on --sets")
+    p.add_argument("--sets", type=Path, nargs="*", default=[SHARED / s for s in SETS])
+    p.add_argument("--quick", action="store_true", help="tiny sizes: check the script, measure nothing")
     args = p.parse_args()
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} G, bf16 {peaks['bf16'] / 1e9:.0f} G Multi-Adds/s", flush=True)
-    variants = ["fp32", "bf16", "channels_last"] + ([] if args.no_compile else ["compile"])
-    rows = []
-    for label, width, model in edsr_models(args.scale):
-        for var in variants:
-            rows.append({**measure(label, model, var, args.scale, args.repeats, peaks, tuple(args.hr)), "width": width})
-    for name in args.backbones:
-        torch.manual_seed(0)
-        model = registry("backbone").create(name, {}, scale=args.scale).eval()
-        rows.append(measure(name, model, "fp32", args.scale, args.repeats, peaks, tuple(args.hr)))
-    result = {"scale": args.scale, "hr_size": tuple(args.hr), "threads": torch.get_num_threads(), "variants": variants, "matmul_peak_macs_per_s": peaks, "rows": rows}
-    write_result("speed_infer", result, markdown(result))
-    plot(result, RESULTS / "speed_infer_latency_vs_width.png")
+    hr, hr_4k, repeats = ((32, 48), (64, 96), 1) if args.quick else (HR, HR_4K, args.repeats)
+    widths = (1.0, 0.25) if args.quick else WIDTHS
+    peak = matmul_peak(torch.float32, 512 if args.quick else 4096)
+    print(f"matmul peak fp32 {peak / 1e9:.0f} G Multi-Adds/s; bf16 native: {cpu_has_bf16()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        calibration = args.calibration or default_calibration(Path(tmp))
+        rows: list = []
+        measure_paths(rows, args.scale, hr, repeats, peak, widths)
+        result: dict[str, Any] = {
+            "scale": args.scale, "hr": list(hr), "threads": torch.get_num_threads(), "quick": args.quick,
+            "matmul_peak_macs_per_s": peak, "bf16_native": cpu_has_bf16(), "calibration": str(calibration),
+            "paths": rows, "widths": width_ratios(rows), "tiled_4k": tiled_4k(args.scale, hr_4k, repeats),
+        }
+        # --quick: one width is enough to check each runtime's path (every export takes a while)
+        result["precision"] = measure_precision(rows, args.scale, hr, repeats, calibration, args.backends, widths[-1:] if args.quick else widths)
+        if args.run is not None:
+            result["quality"] = quality(args.run, args.sets, calibration)
+    result["targets"] = {"full_fraction_of_peak": ">= 0.70", "w0.5 speedup_over_macs_ratio": ">= 0.8",
+                         "w0.25 speedup_over_macs_ratio": ">= 0.7", "tiled_4k ratio": "<= 1.1", "int8 psnr_delta": ">= -0.1 dB"}
+    name = "speed_infer_quick" if args.quick else "speed_infer"
+    write_result(name, result, markdown(result))
     print(markdown(result))
 
 

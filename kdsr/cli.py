@@ -1,4 +1,4 @@
-"""The ``kdsr`` command line: run, validate, eval, profile, plugins.
+"""The ``kdsr`` command line: run, validate, eval, infer, export, tradeoff, profile, convert, plugins.
 
 A user error (``KdsrError``) prints one line and exits with code 2; ``--debug`` shows the traceback.
 """
@@ -45,7 +45,9 @@ def make_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", parents=[common], help="train and evaluate the stages of a config", description="Run a config: train every stage, evaluate, profile, write the report.")
     r.add_argument("config", type=Path, help="YAML config")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. stages.0.steps=100")
-    r.add_argument("--resume", action="store_true", help="continue the run in the config's run directory")
+    how = r.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="continue the run in the config's run directory")
+    how.add_argument("--overwrite", action="store_true", help="discard the previous run (and its trained checkpoints) in the run directory")
     r.add_argument("--quiet", action="store_true", help="only warnings and errors")
     r.set_defaults(func=cmd_run)
 
@@ -55,28 +57,43 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("--print", action="store_true", help="print the resolved config (every default filled in)")
     v.set_defaults(func=cmd_validate)
 
-    e = sub.add_parser("eval", parents=[common], help="evaluate a finished run's models", description="Evaluate the models of a finished run on its eval sets or on given folders.")
-    e.add_argument("run_dir", type=Path, help="run directory (holds config.resolved.yaml)")
-    e.add_argument("--folder", action="append", type=Path, default=[], help="evaluate on this HR image folder instead (repeatable)")
+    e = sub.add_parser("eval", parents=[common], help="evaluate a finished run's models or a weights file", description="Evaluate the models of a finished run on its eval sets or on given folders, or one network from a weights file (an export, or an official checkpoint with --backbone/--scale) on given folders; a file's evaluation reads no training data and writes nothing.")
+    e.add_argument("run_dir", type=Path, metavar="RUN_OR_WEIGHTS", help="run directory (holds config.resolved.yaml) or weights file")
+    e.add_argument("--folder", action="append", type=Path, default=[], help="evaluate on this HR image folder instead (repeatable; required for a weights file)")
     e.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble")
     e.add_argument("--json", action="store_true", help="machine-readable output")
+    _network_args(e)
     _policy_args(e, default=None)
+    _runtime_args(e)
     e.set_defaults(func=cmd_eval)
 
     i = sub.add_parser("infer", parents=[common], help="super-resolve images with a finished run", description="Super-resolve image files or folders with a run's branches, routed by an inference policy, tiled to any size. Writes PNGs and infer.json (branches chosen, Multi-Adds spent vs full, time).")
-    i.add_argument("run_dir", type=Path, help="run directory (holds config.resolved.yaml)")
+    i.add_argument("run_dir", type=Path, metavar="RUN_OR_WEIGHTS", help="run directory (holds config.resolved.yaml) or weights file")
     i.add_argument("inputs", type=Path, nargs="+", help="LR image files or folders")
     i.add_argument("--out", type=Path, required=True, help="output folder")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _network_args(i)
     _policy_args(i, default="full")
+    _runtime_args(i)
     i.set_defaults(func=cmd_infer)
+
+    x = sub.add_parser("export", parents=[common], help="write one branch of a run as a standalone network", description="Write one trained branch of a run as a plain network (a CSSR width at its narrow width, a student without its heads): safetensors with a self-description in its metadata, ONNX (dynamic H and W, checked under onnxruntime; pip install 'kdsr[onnx]') or TorchScript (with a .json sidecar). The export is checked against the branch; nothing is written if a check fails.")
+    x.add_argument("run_dir", type=Path, help="run directory (holds config.resolved.yaml)")
+    x.add_argument("--branch", help="branch to export, e.g. w0.25 (default: the stage's only or first trained branch)")
+    x.add_argument("--stage", help="stage (default: the last finished one)")
+    x.add_argument("--out", type=Path, required=True, help="output file (.safetensors, .onnx, .ts)")
+    x.add_argument("--format", choices=["safetensors", "onnx", "torchscript"], help="default: from the --out suffix")
+    x.add_argument("--json", action="store_true", help="print what was written as JSON")
+    x.set_defaults(func=cmd_export)
 
     t = sub.add_parser("tradeoff", parents=[common], help="PSNR vs Multi-Adds of a multi-branch run's policies", description="Evaluate every fixed branch and the budget policy at several budgets (calibrated on a separate folder); writes tradeoff.json and tradeoff.png into the run directory.")
     t.add_argument("run_dir", type=Path)
     t.add_argument("--calibration", type=Path, required=True, help="HR image folder to calibrate the budget policy on (not an eval set)")
     t.add_argument("--budgets", default="0.3,0.5,0.7", help="comma-separated Multi-Adds fractions (default 0.3,0.5,0.7)")
     t.add_argument("--folder", action="append", type=Path, default=[], help="evaluate on this HR folder instead of the run's eval sets")
-    t.add_argument("--measure", default="redegradation", help="difficulty measure: redegradation, gradient, variance")
+    t.add_argument("--measure", default="redegradation", help="difficulty measure(s), comma-separated: redegradation, gradient, edge, variance, learned")
+    t.add_argument("--cost", default="macs", choices=["macs", "time"], help="what the budgets are fractions of: Multi-Adds (default) or measured time")
+    t.add_argument("--grid", type=int, default=20, help="score quantiles tried per branch boundary (default 20; at most the calibration patches)")
     t.add_argument("--tile", type=int, default=128)
     t.add_argument("--overlap", type=int, default=16)
     t.add_argument("--json", action="store_true")
@@ -88,7 +105,8 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--option", action="append", default=[], metavar="key=value", help="backbone option, e.g. n_feats=32")
     pr.add_argument("--config", type=Path, help="profile the branches of this config's stages instead")
     pr.add_argument("--hr-size", default="720x1280", help="SR output size HxW for Multi-Adds (default 720x1280)")
-    pr.add_argument("--latency", action="store_true", help="also measure latency (median of 5)")
+    pr.add_argument("--latency", action="store_true", help="also measure latency (median of 5) on the inference path of kdsr infer")
+    _runtime_args(pr)
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_profile)
 
@@ -122,20 +140,61 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _network_args(p: argparse.ArgumentParser) -> None:
+    """What network a foreign weights file holds (an export says it itself)."""
+    p.add_argument("--backbone", help="for a weights file without kdsr metadata (official .pth/.pt): its registered backbone")
+    p.add_argument("--scale", type=int, help="for a weights file without kdsr metadata: its scale")
+    p.add_argument("--option", action="append", default=[], metavar="key=value", help="backbone option of such a file, e.g. n_feats=256")
+
+
+def _models(args: argparse.Namespace):
+    from kdsr.models import open_models
+
+    return open_models(args.run_dir, args.backbone, args.scale, _parse_options(args.option))
+
+
 def _policy_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--policy", default=default, help="inference policy: full, fixed, difficulty, budget, or a plugin's" + (f" (default {default})" if default else ""))
     p.add_argument("--policy-option", action="append", default=[], metavar="key=value", help="policy option, e.g. budget=0.5 (repeatable)")
     p.add_argument("--width", type=float, help="shorthand for --policy fixed --policy-option width=W")
     p.add_argument("--branch", help="shorthand for --policy fixed --policy-option branch=NAME")
-    p.add_argument("--tile", type=int, default=128, help="LR tile side (0: whole image at once; default 128)")
-    p.add_argument("--overlap", type=int, default=16, help="LR context pixels around each tile (default 16)")
-    p.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument("--also", action="append", type=Path, default=[], metavar="RUN_OR_WEIGHTS",
+                   help="route over this run's branches or exported student too (repeatable; one scale for all)")
+    p.add_argument("--all-stages", action="store_true", help="route over every finished stage's trained branches, not only the last stage's")
+    # None: not given (kdsr eval runs whole images unless one of them is given)
+    p.add_argument("--tile", type=int, help="LR tile side (0: whole image at once; default auto: 128 px patches for per-patch policies, "
+                   "else the fewest even tiles whose windows hold 2^17 LR pixels, so a 720p output is one window)")
+    p.add_argument("--overlap", type=int, help=f"LR context pixels around each tile (default {TILING[1]})")
+    p.add_argument("--batch", type=int, help=f"tiles per forward pass (default {TILING[2]})")
 
 
-def _router(args: argparse.Namespace):
+TILING = ("auto", 16, 4)  # default --tile, --overlap, --batch
+
+
+def _tiling(args: argparse.Namespace) -> tuple[int | str | None, int, int]:
+    """(tile, "auto", or None for whole images; overlap; batch), defaults filled in, checked."""
+    tile, overlap, batch = (d if v is None else v for v, d in zip((args.tile, args.overlap, args.batch), TILING))
+    if (tile != "auto" and tile < 0) or overlap < 0 or batch < 1:
+        raise KdsrError("--tile and --overlap must be >= 0 and --batch >= 1")
+    return tile or None, overlap, batch
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="fp32", help="fp32 (default), bf16 (CPUs with AMX/AVX512-BF16, or a GPU) or int8 (onnxruntime's quantiser, needs --calibration)")
+    p.add_argument("--backend", help="torch (default), onnxruntime (pip install 'kdsr[onnx]') or openvino (pip install 'kdsr[openvino]')")
+    p.add_argument("--calibration", type=Path, help="int8: folder of images to calibrate activation ranges on")
+
+
+def _runtime(args: argparse.Namespace):
+    from kdsr.runtime import Runtime
+
+    return Runtime(args.precision, args.backend, args.calibration)
+
+
+def _router(args: argparse.Namespace, models):
     from kdsr.engine.infer import make_router
 
-    policy, options = args.policy, _parse_options(args.policy_option)
+    policy, options = args.policy, _parse_options(args.policy_option, "--policy-option")
     if args.width is not None or args.branch is not None:
         if args.width is not None and args.branch is not None:
             raise KdsrError("give --width or --branch, not both")
@@ -143,9 +202,9 @@ def _router(args: argparse.Namespace):
         options = {"width": args.width} if args.width is not None else {"branch": args.branch}
     if policy is None:
         return None
-    if args.tile < 0 or args.overlap < 0 or args.batch < 1:
-        raise KdsrError("--tile and --overlap must be >= 0 and --batch >= 1")
-    return make_router(args.run_dir, policy, options, args.tile or None, args.overlap, args.batch)[1]
+    from kdsr.engine.infer import with_candidates
+
+    return make_router(with_candidates(models, args.also, args.all_stages), policy, options, *_tiling(args), _runtime(args))
 
 
 # ---------------------------------------------------------------- commands
@@ -158,14 +217,16 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
         budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     except ValueError:
         raise KdsrError(f"--budgets '{args.budgets}' must be comma-separated fractions, e.g. 0.3,0.5") from None
-    result = tradeoff(args.run_dir, args.calibration, budgets, args.folder, args.tile or None, args.overlap, args.measure)
+    if any(not 0 < b <= 1 for b in budgets):
+        raise KdsrError(f"--budgets '{args.budgets}': every budget must be a fraction in (0, 1]")
+    measures = [m.strip() for m in args.measure.split(",") if m.strip()]
+    result = tradeoff(args.run_dir, args.calibration, budgets, args.folder, args.tile or None, args.overlap, measures, args.grid, args.cost)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
     for p in result["points"]:
-        label = p["branch"] if p["kind"] == "fixed" else f"budget {p['budget']:.2f}"
         for s, sc in p["scores"].items():
-            print(f"{label:14s} {s:12s} psnr={sc['psnr']:.4f} ssim={sc['ssim']:.4f} macs={sc['macs_fraction']:.1%}")
+            print(f"{p['label']:24s} {s:12s} psnr={sc['psnr']:.4f} ssim={sc['ssim']:.4f} macs={sc['macs_fraction']:.1%} time={sc['time_fraction']:.1%}")
     print(f"plot: {args.run_dir / 'tradeoff.png'}")
     return 0
 
@@ -173,13 +234,15 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from kdsr.engine.infer import infer
 
-    summary = infer(_router(args), args.inputs, args.out)
+    summary = infer(_router(args, _models(args)), args.inputs, args.out)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
+        budget = summary["budget"]
+        target = f" (budget {budget['target']:.0%} of the {'Multi-Adds' if budget['kind'] == 'macs' else 'time'})" if budget else ""
         print(
-            f"wrote {len(summary['images'])} image(s) to {args.out}; Multi-Adds {summary['macs_fraction']:.1%} of the full "
-            f"branch, {summary['seconds']:.2f} s (details: {args.out / 'infer.json'})"
+            f"wrote {len(summary['images'])} image(s) to {args.out}; Multi-Adds {summary['macs_fraction']:.1%} and time "
+            f"{summary['time_fraction']:.1%} of the full branch{target}, {summary['seconds']:.2f} s (details: {args.out / 'infer.json'})"
         )
     return 0
 
@@ -191,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     check_config(config)
-    report = run(config, resume=args.resume)
+    report = run(config, resume=args.resume, overwrite=args.overwrite)
     if report:
         print(f"report: {config.run_dir / 'report.md'}")
     return 0
@@ -208,9 +271,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from kdsr.engine.restore import evaluate_run
+    from kdsr.engine.restore import Tiling, evaluate_models
 
-    results = evaluate_run(args.run_dir, args.folder, args.self_ensemble, _router(args))
+    models = _models(args)
+    router = _router(args, models)
+    tiled = router is None and any(v is not None for v in (args.tile, args.overlap, args.batch))
+    tiling = Tiling(*_tiling(args)) if tiled else None
+    results = evaluate_models(models, args.folder, args.self_ensemble, router, tiling, _runtime(args))
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
@@ -228,7 +295,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     except ValueError:
         raise KdsrError(f"--hr-size '{args.hr_size}' must look like HEIGHTxWIDTH, e.g. 720x1280") from None
     options = _parse_options(args.option)
-    rows = profile_backbones(args.backbone, args.scale or [2, 3, 4], options, (h, w), args.latency, args.config)
+    rows = profile_backbones(args.backbone, args.scale or [2, 3, 4], options, (h, w), args.latency, args.config, _runtime(args))
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -240,29 +307,44 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdsr.export import export
+
+    done = export(args.run_dir, args.out, args.branch, args.stage, args.format)
+    if args.json:
+        print(json.dumps(done, indent=1))
+    else:
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in done["max_diff"].items())
+        print(f"wrote {done['output']} ({done['format']}): {done['backbone']} x{done['scale']} {done['options']} "
+              f"from {done['stage']}/{done['branch']} (max |diff|: {diffs})")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
-    from kdsr.plugins import registry
-    from kdsr.weights import load_weights, save_weights
+    from kdsr.models import load_file
+    from kdsr.plain import PlainNetwork
+    from kdsr.weights import save_weights
 
     if args.output.suffix != ".safetensors":
         raise KdsrError(f"output '{args.output}' must end in .safetensors")
-    entry = registry("backbone").get(args.backbone, where="--backbone")
-    model = registry("backbone").create(args.backbone, _parse_options(args.option), where="--option", scale=args.scale)
-    load_weights(model, args.source, entry.extra.get("load_official"))
-    save_weights(model.state_dict(), args.output, {"backbone": args.backbone, "scale": str(args.scale), "source": args.source.name})
+    options = _parse_options(args.option)
+    model, _ = load_file(args.source, args.backbone, args.scale, options)
+    plain = PlainNetwork(args.backbone, options, args.scale, model.state_dict())
+    save_weights(plain.state_dict, args.output, plain.metadata(format="safetensors", file=args.source.name))
     print(f"wrote {args.output} ({len(model.state_dict())} tensors, {args.backbone} x{args.scale})")
     return 0
 
 
-def _parse_options(items: list[str]) -> dict[str, Any]:
-    import yaml
+def _parse_options(items: list[str], flag: str = "--option") -> dict[str, Any]:
+    """``key=value`` items of a repeatable ``flag``; values parsed as YAML by the config's one parser."""
+    from kdsr.config import parse_value
 
     out = {}
     for item in items:
-        if "=" not in item:
-            raise KdsrError(f"--option '{item}' must look like key=value")
-        k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise KdsrError(f"{flag} '{item}' must look like key=value")
+        out[key.strip()] = parse_value(raw, f"{flag} '{item}'")
     return out
 
 
@@ -364,16 +446,38 @@ def cmd_plugins_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _type_label(hint: Any) -> str:
+    """An option's type for `plugins show`, with the bounds a factory declares: ``tuple[int >= 1 <= 1024, ...]``."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        bounds = [f"{sym} {getattr(m, op)}" for e in args[1:] for m in getattr(e, "metadata", []) for op, sym in ops.items() if hasattr(m, op)]
+        return " ".join([_type_label(args[0]), *bounds])
+    if not args:
+        return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_label(a) for a in args)
+    inner = ", ".join("..." if a is Ellipsis else _type_label(a) for a in args)
+    return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+
+
 def describe_entry(entry) -> dict[str, Any]:
     import inspect
 
     from kdsr.branches import feature_taps
+    from kdsr.registry import _type_hints
 
     info: dict[str, Any] = {"name": entry.name, "kind": entry.kind_label, "plugin": entry.plugin, "summary": entry.summary}
+    hints = _type_hints(entry.factory)
     info["options"] = [
         {
             "name": n,
-            "type": getattr(p.annotation, "__name__", str(p.annotation)).replace("typing.", ""),
+            "type": _type_label(hints.get(n, p.annotation)),
             "default": None if p.default is inspect.Parameter.empty else p.default,
         }
         for n, p in entry.option_fields().items()

@@ -1,26 +1,37 @@
-"""Run configuration: YAML (``safe_load`` only) -> validated, typed config.
+"""Run configuration: YAML (safe: ``ConfigLoader``, a ``yaml.SafeLoader``) -> validated, typed config.
 
 Every error names the key path, the bad value and the fix. Plugin options (``options:`` under a
 backbone, loss, dataset, ...) are checked against the plugin's own factory signature by
 ``kdsr.registry`` when the run is resolved (see ``kdsr.engine.build``).
+
+Numbers are bounded so that a typo (``steps: 1e30``, ``seed: 2**70``) is refused here rather than
+crashing a run later; floats must be finite. YAML is read with ``ConfigLoader`` (``yaml.SafeLoader``
+that also refuses duplicate keys); ``parse_value`` is the one parser of command-line values.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from kdsr.errors import KdsrError, did_you_mean
 
 
+MAX_STEPS = 10**9  # counts of steps (steps, intervals, milestones): ~30 years at one step per second
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+Pixels = Annotated[int, Field(ge=1, le=65536)]
+MEMORY_SHARE = 0.5  # a training batch's own LR+HR tensors may take at most this share of the machine's RAM
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Plugged(Strict):
@@ -40,14 +51,16 @@ class DataConfig(Strict):
     train: DatasetSpec = Field(default_factory=lambda: DatasetSpec(name="samples"))
     eval: list[DatasetSpec] = Field(default_factory=lambda: [DatasetSpec(name="samples")])
     degradation: Plugged = Field(default_factory=lambda: Plugged(name="bicubic"))
-    patch_size: int = Field(48, ge=4, description="LR patch side")
-    batch_size: int = Field(16, ge=1)
+    patch_size: int = Field(48, ge=4, le=4096, description="LR patch side")
+    batch_size: int = Field(16, ge=1, description="refused when it cannot fit in memory, see batch_bytes")
     augment: bool = True
     cache: bool = True
 
 
 class ModelSpec(Strict):
-    """A network: a registered backbone with options and optional weights, or a branch of an earlier stage."""
+    """A network: a registered backbone with options and optional weights, a self-describing weights file
+    alone (a ``kdsr export`` / ``kdsr convert`` output: its metadata names backbone and options), or a
+    branch of an earlier stage."""
 
     backbone: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
@@ -57,8 +70,14 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.backbone is None) == (self.from_stage is None):
+        if self.backbone is not None and self.from_stage is not None:
             raise ValueError("give exactly one of 'backbone' (a registered network) or 'from_stage' (an earlier stage)")
+        if self.backbone is None and self.from_stage is None and self.weights is None:
+            raise ValueError(
+                "give 'backbone' (a registered network), 'weights' (a file exported by kdsr) or 'from_stage' (an earlier stage)"
+            )
+        if self.backbone is None and self.options:
+            raise ValueError("'options' need 'backbone'; a kdsr-exported 'weights' file brings its own options")
         if self.from_stage is not None and (self.options or self.weights):
             raise ValueError("'options'/'weights' do not apply with 'from_stage'; the stage's trained weights are used")
         return self
@@ -97,23 +116,23 @@ class LossSpec(Plugged):
 class OptimizerConfig(Strict):
     name: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: float = Field(1e-8, ge=0)
     weight_decay: float = Field(0.0, ge=0)
 
 
 class SchedulerConfig(Strict):
     name: Literal["constant", "step", "multistep", "cosine"] = "constant"
-    step_size: int = Field(200_000, ge=1)
-    milestones: list[int] = Field(default_factory=list)
-    gamma: float = 0.5
-    warmup_steps: int = Field(0, ge=0)
-    min_lr: float = 0.0
+    step_size: Steps = 200_000
+    milestones: list[Steps] = Field(default_factory=list)
+    gamma: float = Field(0.5, gt=0)
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    min_lr: float = Field(0.0, ge=0)
 
 
 class StageConfig(Strict):
     name: str
-    steps: int = Field(ge=0)
+    steps: int = Field(ge=0, le=MAX_STEPS, description="at least 1: a stage trains")
     teacher: ModelSpec | None = None
     student: StudentSpec
     losses: list[LossSpec] = Field(default_factory=lambda: [LossSpec(name="l1")], min_length=1)
@@ -123,9 +142,17 @@ class StageConfig(Strict):
     ema: float | None = Field(None, gt=0, lt=1, description="EMA decay; EMA weights are evaluated and exported")
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
-    log_every: int = Field(10, ge=1)
-    eval_every: int = Field(0, ge=0, description="0: only at the end of the stage")
-    checkpoint_every: int = Field(100, ge=1)
+    log_every: Steps = 10
+    eval_every: int = Field(0, ge=0, le=MAX_STEPS, description="0: only at the end of the stage")
+    checkpoint_every: Steps = 100
+
+    @field_validator("steps")
+    @classmethod
+    def _trains(cls, steps: int) -> int:
+        # steps: 0 would only score the initial weights, yet write them as the stage's trained result
+        if steps == 0:
+            raise ValueError("a stage must train at least 1 step (got 0); to score existing weights use `kdsr eval`")
+        return steps
 
     @model_validator(mode="after")
     def _names(self) -> StageConfig:
@@ -134,32 +161,73 @@ class StageConfig(Strict):
         return self
 
 
+class MetricSpec(Plugged):
+    """A metric with options; a bare name is the shorthand for no options (``metrics: [psnr, ssim]``).
+
+    Results are reported under ``label``, by default the name plus every option that differs from the
+    metric's default (``psnr[y_channel=false,shave=scale+6]``), so a table says which variant ran.
+    """
+
+    label: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @model_serializer(mode="wrap")
+    def _short(self, handler: Any) -> Any:
+        return self.name if not self.options and self.label is None else handler(self)
+
+
 class EvalConfig(Strict):
-    metrics: list[str] = Field(default_factory=lambda: ["psnr", "ssim"])
+    metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name="psnr"), MetricSpec(name="ssim")])
     bicubic: bool = True
     self_ensemble: bool = False
     teachers: bool = Field(True, description="score teachers loaded from weight files; false when many runs share one teacher scored once")
 
 
 class ProfileConfig(Strict):
-    hr_size: tuple[int, int] = (720, 1280)  # (H, W) of the SR output Multi-Adds are counted for
+    hr_size: tuple[Pixels, Pixels] = (720, 1280)  # (H, W) of the SR output Multi-Adds are counted for
     latency: bool = True
-    latency_repeats: int = Field(5, ge=1)
-    latency_hr_size: tuple[int, int] = (720, 1280)
+    latency_repeats: int = Field(5, ge=1, le=10_000)
+    latency_hr_size: tuple[Pixels, Pixels] = (720, 1280)
 
 
 class RunConfig(Strict):
     name: str = "run"
     out_dir: Path | None = None  # default: runs/<name>
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # what numpy, torch and python seeds all accept
     scale: int = Field(ge=1, le=8)
     device: str = "auto"
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=4096)
     data: DataConfig = Field(default_factory=DataConfig)
     stages: list[StageConfig] = Field(min_length=1)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     plugins: dict[str, str] = Field(default_factory=dict)  # recorded plugin versions (filled in on resolve)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # the run directory is runs/<name>: a path in the name would write elsewhere (out_dir is for that)
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name):
+            raise ValueError(
+                f"run name {name!r} must be a plain name (letters, digits, '_', '-', '.'; not empty, no path, "
+                "not starting with '.'); set out_dir to choose the directory"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _fits_memory(self) -> RunConfig:
+        need, have = batch_bytes(self.data, self.scale), total_memory()
+        if have is not None and need > MEMORY_SHARE * have:
+            raise ValueError(
+                f"data.batch_size {self.data.batch_size} cannot fit in memory: its float32 LR+HR patches alone take "
+                f"{need / 2**30:.1f} GiB, over {MEMORY_SHARE:.0%} of this machine's {have / 2**30:.1f} GiB; "
+                "lower batch_size or patch_size"
+            )
+        return self
 
     @model_validator(mode="after")
     def _stage_refs(self) -> RunConfig:
@@ -181,7 +249,76 @@ class RunConfig(Strict):
         return self.out_dir if self.out_dir is not None else Path("runs") / self.name
 
 
+def batch_bytes(data: DataConfig, scale: int) -> int:
+    """Bytes of one training batch's float32 LR and HR patches (3 channels): the least a step holds.
+
+    The rule for refusing a batch: if these tensors alone exceed ``MEMORY_SHARE`` of the machine's RAM,
+    the step cannot run (the network's activations are many times larger still).
+    """
+    return data.batch_size * 3 * data.patch_size**2 * (1 + scale**2) * 4
+
+
+def total_memory() -> int | None:
+    """Physical RAM in bytes, or ``None`` where the OS does not say (the memory rule is then skipped)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 # ---------------------------------------------------------------- loading
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping holding one key twice (PyYAML keeps the last silently).
+
+    Still safe: only the standard tags of plain data are constructed. Keys merged in with ``<<`` may be
+    overridden, as YAML intends; only keys written twice in one mapping are refused.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(f"key '{key}' appears twice in one mapping (lines {seen[key]} and {line})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping with a repeated key (raised by ``ConfigLoader``)."""
+
+
+def load_yaml(text: str, source: str, hint: str = "") -> Any:
+    """Plain data from YAML text; any problem is a one-line ``KdsrError`` starting with ``source``
+    (``hint`` ends a syntax error's message)."""
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+    except DuplicateKeyError as exc:
+        raise KdsrError(f"{source}: {exc}; keep one of them") from None
+    except yaml.YAMLError as exc:
+        problem = _one_line(str(getattr(exc, "problem", None) or exc))
+        if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+            raise KdsrError(f"{source} uses a YAML tag kdsr refuses ({problem}); values are plain data, remove the tag") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise KdsrError(f"{source} is not valid YAML{where}: {problem}{hint}") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def parse_value(raw: str, source: str) -> Any:
+    """A command-line value (``key=value`` override, ``--option``) parsed as YAML: ``1e-3``, ``[1, 2]``, ``false``.
+
+    The one parser of such values; ``source`` names the argument in the error (e.g. ``--option 'x=[1'``).
+    """
+    return "" if raw == "" else load_yaml(raw, source, "; quote a value meant as text")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -189,18 +326,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise KdsrError(f"config file '{path}' does not exist; check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.constructor.ConstructorError as exc:
-        tag = getattr(exc, "problem", "") or str(exc)
-        raise KdsrError(
-            f"config '{path}' uses a YAML tag kdsr refuses ({tag.strip()}); configs are plain data, remove the tag"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise KdsrError(f"config '{path}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise KdsrError(f"config '{path}' is not UTF-8 text") from None
+    data = load_yaml(text, f"config '{path}'")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -214,11 +343,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise KdsrError(f"override '{item}' must look like key.path=value (e.g. stages.0.steps=100)")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        _set_path(data, key.strip(), value, item)
+        _set_path(data, key.strip(), parse_value(raw, f"override '{item}'"), item)
     return data
 
 

@@ -14,7 +14,11 @@ class KdsrError(Exception):
 
 
 class NonFiniteLoss(KdsrError):
-    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+    """Training produced a NaN/inf loss, gradient or weight; the last (finite) checkpoint is kept."""
+
+
+class PluginError(KdsrError):
+    """A plugin's hook or factory raised during a run; the message names the plugin and the hook."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -7,17 +7,31 @@ the same branch, and accounts the Multi-Adds spent against running the full bran
 
 from __future__ import annotations
 
+import logging
+import statistics
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kdsr.branches import Branch
-from kdsr.metrics import psnr, quantize
-from kdsr.tiling import Window, run_windows, window_pixels, windows
+from kdsr.runtime import FP32, Runtime, prepare
+# the difficulty measures live in kdsr.scoring; re-exported here, where policies have always found them
+from kdsr.scoring import (  # noqa: F401
+    MEASURES,
+    OFFICIAL_Y_WEIGHTS,
+    gradient_energy,
+    local_variance,
+    official_calc_psnr,
+    redegradation_psnr,
+)
+from kdsr.tiling import WINDOW_PIXELS, Window, plan_tile, run_windows, stitch, tiles_change_output, window_pixels, windows
+
+log = logging.getLogger("kdsr")
 
 
 @dataclass(frozen=True)
@@ -30,9 +44,13 @@ class Choice:
 
 
 class Policy:
-    """Base class. ``per_patch`` policies are asked once per tile, the others once per image."""
+    """Base class. ``per_patch`` policies are asked once per tile, the others once per image.
+
+    ``target``: a budget the policy promises, ``("macs" | "time", fraction of the full branch)``; ``kdsr
+    eval`` / ``kdsr infer`` report what was achieved against it (:func:`budget_check`)."""
 
     per_patch: bool = False
+    target: tuple[str, float] | None = None
 
     def select(self, lr: torch.Tensor, choices: Sequence[Choice]) -> str:  # pragma: no cover
         raise NotImplementedError
@@ -40,46 +58,28 @@ class Policy:
     def prepare(self, router: Router) -> None:
         """Called once before inference, e.g. to calibrate on data with the router's branches."""
 
-
-# ------------------------------------------------------------------ difficulty measures
-# Each returns an *ease* score for a 1x3xhxw LR tensor in [0, 1]: higher means easier content.
-
-
-def redegradation_psnr(lr: torch.Tensor, scale: int) -> float:
-    """Dynamic-CSD's score: Y-PSNR between the LR image and its bicubic down-up re-degradation.
-
-    As in the official ``dynamic_test.py``: torch bicubic (no antialias) down by 1/s, clamp, up by s,
-    quantise, compare on the common centre crop with ``scale`` pixels shaved. Smooth content
-    survives re-degradation (high PSNR, easy); texture does not.
-    """
-    h, w = lr.shape[-2:]
-    down = F.interpolate(lr, scale_factor=1 / scale, mode="bicubic", align_corners=False).clamp(0, 1)
-    up = quantize(F.interpolate(down, scale_factor=scale, mode="bicubic", align_corners=False))
-    uh, uw = up.shape[-2:]
-    top, left = (h - uh) // 2, (w - uw) // 2
-    ref = lr[..., top : top + uh, left : left + uw]
-    shave = scale if min(uh, uw) > 2 * scale + 1 else 0
-    value = psnr(up[0], ref[0], shave)
-    return min(value, 100.0)
+    def routes_patches(self, tiles: int) -> bool:
+        """Whether an image cut into ``tiles`` patches is routed patch by patch (else as one image)."""
+        return self.per_patch
 
 
-def gradient_energy(lr: torch.Tensor, scale: int = 1) -> float:
-    """Negated mean absolute gradient (x255): flat content scores high (easy)."""
-    gy = (lr[..., 1:, :] - lr[..., :-1, :]).abs().mean()
-    gx = (lr[..., :, 1:] - lr[..., :, :-1]).abs().mean()
-    return -float(gx + gy) * 255.0
+BUDGET_TOLERANCE = 0.1  # relative miss of a budget that earns a warning
 
 
-def local_variance(lr: torch.Tensor, scale: int = 1, window: int = 7) -> float:
-    """Negated mean local variance (in 8-bit units²) over ``window``-sized neighbourhoods."""
-    gray = lr.mean(1, keepdim=True) * 255.0
-    k = min(window, *gray.shape[-2:])
-    mean = F.avg_pool2d(gray, k, 1)
-    sq = F.avg_pool2d(gray * gray, k, 1)
-    return -float((sq - mean * mean).clamp_min(0).mean())
-
-
-MEASURES = {"redegradation": redegradation_psnr, "gradient": gradient_energy, "variance": local_variance}
+def budget_check(policy: Policy, macs_fraction: float, time_fraction: float) -> dict[str, Any] | None:
+    """The policy's budget against what it achieved, warned about in one line when off by more than
+    ``BUDGET_TOLERANCE`` (relative); ``None`` for a policy without a budget."""
+    if policy.target is None:
+        return None
+    kind, target = policy.target
+    achieved = macs_fraction if kind == "macs" else time_fraction
+    within = abs(achieved - target) <= BUDGET_TOLERANCE * target
+    if not within:
+        log.warning(
+            f"budget {target:.2f} of the full branch's {'Multi-Adds' if kind == 'macs' else 'time'} was not held: "
+            f"{achieved:.2f} spent (> {BUDGET_TOLERANCE:.0%} off); calibrate on images like these"
+        )
+    return {"kind": kind, "target": target, "achieved": achieved, "within": within}
 
 
 # ------------------------------------------------------------------ routing
@@ -87,10 +87,11 @@ MEASURES = {"redegradation": redegradation_psnr, "gradient": gradient_energy, "v
 
 @dataclass
 class Routed:
-    """The result of routing one image: SR output and what it cost."""
+    """The result of routing one image: the SR image (HxWx3 uint8, quantised tile by tile) and what it cost."""
 
-    sr: torch.Tensor
+    image: np.ndarray
     tiles: Counter = field(default_factory=Counter)  # branch -> number of tiles (or 1 for a whole image)
+    pixels: Counter = field(default_factory=Counter)  # branch -> LR pixels its windows computed
     macs: float = 0.0
     full_macs: float = 0.0  # the full branch on the same tiles: the fraction compares like with like
     overhead: float = 0.0  # extra compute of the tile overlaps over one whole-image pass
@@ -99,9 +100,24 @@ class Routed:
     def fraction(self) -> float:
         return self.macs / self.full_macs if self.full_macs else 1.0
 
+    @property
+    def sr(self) -> torch.Tensor:
+        """The image as 1x3xHxW float in [0, 1] (8-bit values, as ``quantize`` gives): made on demand."""
+        return torch.from_numpy(self.image).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+
+
+PATCH_TILE = 128  # LR patch side of per-patch policies when the tile is "auto"
+
 
 class Router:
-    """Runs ``policy`` over ``branches`` on LR images, tile by tile."""
+    """Runs ``policy`` over ``branches`` on LR images, tile by tile, through the inference engine
+    (:mod:`kdsr.runtime`).
+
+    ``tile``: an LR side, ``None`` for whole images, or ``"auto"``: per-patch policies get
+    ``PATCH_TILE`` patches; others get the fewest-pixel even tiling whose windows hold at most
+    ``WINDOW_PIXELS`` LR pixels (a 720p output is one window: tiled == whole). ``batch`` is at most
+    that many tiles per forward pass, and never more than ``WINDOW_PIXELS`` pixels.
+    """
 
     def __init__(
         self,
@@ -109,26 +125,50 @@ class Router:
         choices: Sequence[Choice],
         policy: Policy,
         scale: int,
-        tile: int | None = 128,
+        tile: int | str | None = 128,
         overlap: int = 16,
         batch: int = 4,
         device: torch.device | str = "cpu",
+        runtime: Runtime = FP32,
     ) -> None:
         self.branches, self.choices, self.policy = branches, list(choices), policy
         self.scale, self.tile, self.overlap, self.batch, self.device = scale, tile, overlap, batch, device
+        self.runtime = runtime
+        copies: dict = {}  # weight-shared branches share one prepared network
+        self.runners = {name: prepare(b, runtime, device, copies) for name, b in branches.items()}
         self.full = max(self.choices, key=lambda c: c.macs_per_pixel)
         self.cost = {c.name: c.macs_per_pixel for c in self.choices}
+        # branches whose output tiles change (global pooling...): named in infer.json and warned about
+        self.tiling_changes: dict[str, str] = {}
+        if tile is not None:
+            for name, branch in branches.items():
+                reason = tiles_change_output(branch.model, branch)
+                if reason:
+                    self.tiling_changes[name] = reason
+                    log.warning(
+                        f"tiles (--tile {tile}) change the output of branch '{name}' ({reason}); "
+                        f"use --tile 0 for whole-image inference"
+                    )
+        self._latency: dict[str, float] | None = None  # seconds per LR pixel, see latencies()
         policy.prepare(self)
 
-    def _tiles(self, h: int, w: int) -> list[Window]:
+    def _tile_size(self, h: int, w: int) -> tuple[int, int] | None:
         if self.tile is None:
+            return None
+        if self.tile == "auto":
+            return (PATCH_TILE, PATCH_TILE) if self.policy.per_patch else plan_tile(h, w, self.overlap)
+        return (self.tile, self.tile)
+
+    def _tiles(self, h: int, w: int) -> list[Window]:
+        size = self._tile_size(h, w)
+        if size is None:
             return [Window((0, h, 0, w), (0, h, 0, w))]
-        return windows(h, w, self.tile, self.overlap)
+        return windows(h, w, size, self.overlap)
 
     def select_tiles(self, lr: torch.Tensor) -> dict[str, list[Window]]:
         """Which tiles of ``lr`` each branch serves."""
         tiles = self._tiles(*lr.shape[-2:])
-        if not self.policy.per_patch:
+        if not self.policy.routes_patches(len(tiles)):
             return {self.policy.select(lr, self.choices): tiles}
         groups: dict[str, list[Window]] = {}
         for t in tiles:
@@ -140,23 +180,74 @@ class Router:
     def __call__(self, lr: torch.Tensor) -> Routed:
         """Route one LR image (1x3xhxw or 3xhxw, CPU)."""
         lr = lr.unsqueeze(0) if lr.dim() == 3 else lr
+        lr = lr.cpu()
         _, c, h, w = lr.shape
         groups = self.select_tiles(lr)
         # tiles of different branches meet: cross-fade the seams over half the overlap
-        blend = min(self.overlap, self.tile) // 2 if len(groups) > 1 and self.tile is not None else 0
-        out = torch.zeros(1, c, h * self.scale, w * self.scale)
-        weights = torch.zeros(1, 1, h * self.scale, w * self.scale) if blend else None
-        result = Routed(out)
+        size = self._tile_size(h, w)
+        blend = min(self.overlap, *size) // 2 if len(groups) > 1 and size is not None else 0
+        image = np.empty((h * self.scale, w * self.scale, c), dtype=np.uint8)
+        first = next(iter(groups.values()))[0]
+        batch = max(1, min(self.batch, WINDOW_PIXELS // window_pixels(first)))
+        if blend == 0:  # cores pasted straight into the 8-bit image (a 1x3xHxW view of it)
+            view = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
+            for name, tiles in groups.items():
+                run_windows(self.runners[name], lr, self.scale, tiles, view, batch, self.device)
+        else:  # cross-faded seams: one float strip at a time, finished rows quantised into the image
+
+            def emit(row: int, rows: torch.Tensor) -> None:
+                image[row : row + rows.shape[2]] = rows[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+
+            runs = [(self.runners[name], tiles) for name, tiles in groups.items()]
+            stitch(runs, lr, self.scale, emit, batch, self.device, blend)
+        result = Routed(image)
         for name, tiles in groups.items():
-            run_windows(self.branches[name], lr, self.scale, tiles, out, self.batch, self.device, blend, weights)
             pixels = sum(window_pixels(t) for t in tiles)
             result.tiles[name] += len(tiles)
+            result.pixels[name] += pixels
             result.macs += self.cost[name] * pixels
             result.full_macs += self.cost[self.full.name] * pixels
-        if weights is not None:
-            out /= weights
         result.overhead = result.full_macs / (self.cost[self.full.name] * h * w) - 1.0
         return result
 
+    LATENCY_REPEATS = 2
+
+    def latencies(self) -> dict[str, float]:
+        """Measured seconds per LR pixel of each branch, on a batch of the windows routing runs (median of
+        ``LATENCY_REPEATS`` after a warm-up); measured once, then cached. Time budgets and time
+        fractions are priced with these, as Multi-Adds are with ``macs_per_pixel``."""
+        if self._latency is None:
+            side = PATCH_TILE if self.tile in (None, "auto") else self.tile
+            x = torch.rand(self.batch, 3, side + 2 * self.overlap, side + 2 * self.overlap, generator=torch.Generator().manual_seed(0))
+            x = x.to(self.device)
+            self._latency = {}
+            with torch.no_grad():
+                for name, run in self.runners.items():
+                    times = []
+                    for _ in range(self.LATENCY_REPEATS + 1):
+                        t0 = time.perf_counter()
+                        run(x)
+                        if torch.device(self.device).type == "cuda":
+                            torch.cuda.synchronize()
+                        times.append(time.perf_counter() - t0)
+                    self._latency[name] = statistics.median(times[1:]) / x[:, 0].numel()
+        return self._latency
+
+    def time_fraction(self, pixels: Counter) -> float:
+        """Estimated compute time of routing that ran ``pixels`` (branch -> LR window pixels, summed
+        :attr:`Routed.pixels`) over the full branch's on the same windows, priced by :meth:`latencies`
+        (1.0 without a choice to make: nothing is measured then)."""
+        if len(self.choices) == 1 or not pixels:
+            return 1.0
+        latency = self.latencies()
+        spent = sum(latency[name] * px for name, px in pixels.items())
+        return spent / (latency[self.full.name] * sum(pixels.values()))
+
     def describe(self) -> dict[str, Any]:
-        return {"tile": self.tile, "overlap": self.overlap, "branches": [c.__dict__ for c in self.choices]}
+        return {
+            "tile": self.tile,
+            "overlap": self.overlap,
+            "runtime": self.runtime.label,
+            "branches": [c.__dict__ for c in self.choices],
+            "tiling_changes_output": self.tiling_changes,
+        }

@@ -9,9 +9,13 @@ the optimiser and the checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # annotations only: the config module is not needed to define a loss
+    from kdsr.config import RunConfig, StageConfig
 
 
 @dataclass(frozen=True)
@@ -42,9 +46,22 @@ class Batch:
 
 
 class Loss(nn.Module):
-    """Base class of every loss. Override ``needs`` (class attribute or property) and ``forward``."""
+    """Base class of every loss. Override ``needs`` (class attribute or property) and ``forward``.
+
+    ``caveats``: sentences a reader of the results must see, e.g. that the loss ran with random
+    feature weights; set on the instance by the factory (``loss.caveats = ("...",)``). The report
+    prints them next to the numbers of every model the loss trained, in report.md and report.json.
+    """
 
     needs: Needs = Needs()
+    caveats: tuple[str, ...] = ()
+
+    def check_config(self, config: RunConfig, stage: StageConfig) -> None:
+        """Refuse, before anything runs, a config this loss cannot train with; ``kdsr validate`` calls it too.
+
+        Raise ``ValueError`` naming the setting and the fix, e.g. CSD's negatives need
+        ``data.batch_size >= num_negatives``. ``stage`` is the loss's own stage. Default: accept.
+        """
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

@@ -9,11 +9,16 @@
 
 RGB mode (``y_channel=False``, e.g. EDSR's DIV2K validation) uses the three channels on [0, 255]:
 PSNR from the MSE over all channels, SSIM as the mean of the per-channel SSIMs.
+
+``border`` resolves the shave of a metric option: a number of pixels, ``"scale"`` (the benchmark
+protocol) or ``"scale+6"`` (EDSR-PyTorch's habit on DIV2K validation, ``src/utility.py`` ``calc_psnr``,
+which also scores RGB there).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -24,6 +29,18 @@ Y_WEIGHTS = (65.481, 128.553, 24.966)  # R, G, B weights of BT.601 Y for RGB in 
 Y_OFFSET = 16.0
 PEAK = 255.0
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+Shave = int | Literal["scale", "scale+6"]
+
+
+def border(shave: Shave, scale: int) -> int:
+    """Pixels cut from each border: ``shave`` itself, ``scale`` for ``"scale"``, ``scale + 6`` for ``"scale+6"``."""
+    if shave == "scale":
+        return scale
+    if shave == "scale+6":
+        return scale + 6
+    if isinstance(shave, bool) or not isinstance(shave, int) or shave < 0:
+        raise KdsrError(f"shave must be a number of pixels >= 0, 'scale' or 'scale+6', got {shave!r}")
+    return shave
 
 
 def rgb_to_y(img: Tensor) -> Tensor:

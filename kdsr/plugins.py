@@ -1,7 +1,14 @@
 """Plugin discovery: builtins plus the ``kdsr`` entry-point group, one plugin at a time.
 
 A plugin that fails to import or raises while registering is recorded as failed (``kdsr plugins
-list`` shows the error) and the others keep working. Environment switches for a reproducible set:
+list`` shows the error) and the others keep working. "Raises" means any ``BaseException``: a plugin
+calling ``sys.exit()`` or raising ``KeyboardInterrupt`` at import is isolated like any bug; only a
+real Ctrl-C (SIGINT) that arrives meanwhile still interrupts kdsr (:func:`_user_interrupts` tells
+them apart). A lifecycle hook (``before_step``, ``after_eval``, ...) that raises ``Exception`` or
+``SystemExit`` during a run becomes a one-line :class:`PluginError` naming the plugin and the hook
+(:func:`_guard`, applied to every hook implementation when the plugin is added); a
+``KeyboardInterrupt`` there is indistinguishable from Ctrl-C and interrupts the run (its last
+checkpoint is kept either way). Environment switches for a reproducible set:
 
 * ``KDSR_PLUGINS=a,b`` loads only these external plugins;
 * ``KDSR_DISABLE_PLUGINS=a,b`` skips these (``*`` skips every external plugin).
@@ -13,9 +20,14 @@ one-line error (listed as failed) instead of breaking later. Declaring nothing m
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import importlib.metadata as md
 import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -23,8 +35,8 @@ from typing import Any
 import pluggy
 
 from kdsr import hookspecs
-from kdsr.errors import KdsrError
-from kdsr.registry import Registry
+from kdsr.errors import KdsrError, PluginError
+from kdsr.registry import Registry, describe_exception
 
 GROUP = "kdsr"
 BUILTINS = (
@@ -83,11 +95,20 @@ class Plugins:
         info.error = api_mismatch(module, name)
         if info.error:
             return info
-        try:
-            self.pm.register(module, name=name)
-        except Exception as exc:  # pluggy validation error, name clash, ...
-            info.error = f"{type(exc).__name__}: {exc}"
-            return info
+        with _user_interrupts() as interrupted:
+            try:
+                self.pm.register(module, name=name)
+            except BaseException as exc:  # pluggy validation error, name clash, ...
+                info.error = _failure(exc, interrupted)
+                return info
+            self._register(module, info, interrupted)
+        if info.ok:
+            _guard_lifecycle_hooks(self.pm, module, name)
+        return info
+
+    def _register(self, module: object, info: PluginInfo, interrupted: list[int]) -> None:
+        """Run the plugin's registration hooks; on any failure undo what it registered."""
+        name = info.name
         added: list[tuple[Registry, str]] = []
         try:
             for hook_name, (kind, _) in KINDS.items():
@@ -102,13 +123,12 @@ class Plugins:
                         info.provides.setdefault(_r.kind, []).append(reg_name)
 
                     impl.function(register=register)
-        except Exception as exc:
+        except BaseException as exc:
             for registry, reg_name in added:  # roll back a half-registered plugin
                 registry._entries.pop(reg_name, None)
             info.provides.clear()
             self.pm.unregister(module)
-            info.error = str(exc) if isinstance(exc, KdsrError) else f"{type(exc).__name__}: {exc}"
-        return info
+            info.error = _failure(exc, interrupted)  # a real Ctrl-C propagates from here
 
     def load_builtins(self) -> None:
         import kdsr
@@ -128,11 +148,12 @@ class Plugins:
                 if "*" in disabled or ep.name in disabled or (only is not None and ep.name not in only):
                     continue
                 version = dist.version or ""
-                try:
-                    module = ep.load()
-                except Exception as exc:
-                    self.info[ep.name] = PluginInfo(ep.name, version, False, f"{type(exc).__name__}: {exc}")
-                    continue
+                with _user_interrupts() as interrupted:
+                    try:
+                        module = ep.load()
+                    except BaseException as exc:  # sys.exit() and KeyboardInterrupt at import too
+                        self.info[ep.name] = PluginInfo(ep.name, version, False, _failure(exc, interrupted))
+                        continue
                 self.add(module, ep.name, version)
         if only:
             missing = only - seen
@@ -196,3 +217,62 @@ def _env_list(var: str) -> set[str] | None:
     if value is None:
         return None
     return {v.strip() for v in value.split(",") if v.strip()}
+
+
+# hooks kdsr calls during a run (not the register_* ones, which run once in ``Plugins.add``)
+LIFECYCLE_HOOKS = tuple(
+    n for n in dir(hookspecs) if n not in KINDS and hasattr(getattr(hookspecs, n), hookspecs.hookspec.project_name + "_spec")
+)
+
+
+@contextlib.contextmanager
+def _user_interrupts() -> Iterator[list[int]]:
+    """While loading a plugin, note every SIGINT the user sends (the list it yields is non-empty
+    after one), so a ``KeyboardInterrupt`` the plugin raises itself can be isolated while a real
+    Ctrl-C still stops kdsr. Outside the main thread, or if SIGINT is ignored, nothing is installed."""
+    seen: list[int] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield seen
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _failure(exc: BaseException, interrupted: list[int]) -> str:
+    """The error recorded for a plugin that raised ``exc`` while loading; a real Ctrl-C propagates."""
+    if isinstance(exc, KeyboardInterrupt) and interrupted:
+        raise exc
+    return str(exc) if isinstance(exc, KdsrError) else describe_exception(exc)
+
+
+def _guard_lifecycle_hooks(pm: pluggy.PluginManager, module: object, plugin: str) -> None:
+    """Wrap each lifecycle hook implementation of ``module`` in :func:`_guard` (one shared
+    mechanism instead of a try/except at every call site, which could not tell which plugin failed)."""
+    for hook_name in LIFECYCLE_HOOKS:
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if impl.plugin is module and not (impl.hookwrapper or impl.wrapper):
+                impl.function = _guard(impl.function, plugin, hook_name)
+
+
+def _guard(fn: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
+    """``fn`` raising turns into a one-line :class:`PluginError` naming ``plugin`` and ``hook``."""
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (Exception, SystemExit) as exc:
+            raise PluginError(
+                f"plugin '{plugin}' failed in its '{hook}' hook ({describe_exception(exc)}); "
+                f"fix the plugin or disable it (KDSR_DISABLE_PLUGINS={plugin})"
+            ) from exc
+
+    return guarded

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pydantic
 
-from kdsr.errors import KdsrError, did_you_mean
+from kdsr.errors import KdsrError, PluginError, did_you_mean
 
 
 @dataclass
@@ -81,7 +81,7 @@ def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
         import typing
 
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, include_extras=True)  # keep Annotated bounds (kdsr.bounds)
     except Exception:  # unresolvable forward refs: fall back to untyped options
         return {}
 
@@ -132,5 +132,18 @@ class Registry:
         kwargs = entry.validate(options, where)
         try:
             return entry.factory(**reserved, **kwargs)
+        except KdsrError:
+            raise
         except ValueError as exc:  # factories reject bad option combinations with ValueError
             raise KdsrError(f"{where}: {self.kind} '{name}': {exc}") from None
+        except Exception as exc:  # a bug in the plugin: name it instead of a traceback
+            raise PluginError(
+                f"{where}: {self.kind} '{name}' of plugin '{entry.plugin}' raised {describe_exception(exc)} when built; "
+                f"fix the plugin or disable it (KDSR_DISABLE_PLUGINS={entry.plugin})"
+            ) from exc
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: first line of the message`` (``Type`` alone when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -7,19 +7,25 @@ them, and a backbone's ``load_official`` maps the reference key names onto kdsr'
 
 from __future__ import annotations
 
-import os
 import pickle
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 from torch import nn
 
 from kdsr.errors import KdsrError
+from kdsr.files import write_atomic
 
-WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net", "network")
+# Where reference trainers keep the weights inside a checkpoint, in the order tried: BasicSR/SwinIR
+# (``params_ema``/``params``), generic (``state_dict``, ``model``, ...), and CSD's trainer
+# (``{'epoch', 'model_state_dict', 'optimizer_state_dict', 'best_psnr', 'best_psnr_epoch'}``,
+# ``trainer/slim_contrast_trainer.py``: ``train``), whose keys carry DataParallel's ``module.``.
+WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net", "network")
 
 
 def read_state_dict(path: str | Path, prefer: str = "params_ema") -> dict[str, torch.Tensor]:
@@ -35,17 +41,36 @@ def read_state_dict(path: str | Path, prefer: str = "params_ema") -> dict[str, t
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise KdsrError(
-            f"weights file '{path}' contains pickled code, which kdsr refuses to run ({str(exc).splitlines()[0]}); "
-            f"convert it to a plain state dict or safetensors with a trusted tool"
-        ) from None
+        raise KdsrError(refused_pickle(path, str(exc))) from None
     except Exception as exc:
         raise KdsrError(f"weights file '{path}' could not be read as a torch checkpoint ({type(exc).__name__}: {exc})") from None
     return unwrap(obj, path, prefer)
 
 
+def refused_pickle(path: Path, reason: str) -> str:
+    """One line for a checkpoint that needs code to unpickle: what kdsr reads, and how to convert a trusted file.
+
+    PyTorch's own message advises ``weights_only=False``, i.e. running the file's code; kdsr never does that
+    for you. Only the name of the object the file would build is kept from it.
+    """
+    found = re.search(r"GLOBAL ([\w.]+)", reason)
+    what = f" (it would build {found.group(1)})" if found else ""
+    out = path.with_suffix(".safetensors")
+    snippet = (
+        f"python -c \"import torch; from safetensors.torch import save_file; s = torch.load('{path}', weights_only=False); "
+        f"s = s.get('params_ema') or s.get('params') or s.get('state_dict') or s; "
+        f"save_file({{k: v.contiguous() for k, v in s.items() if torch.is_tensor(v)}}, '{out}')\""
+    )
+    return (
+        f"weights file '{path}' holds pickled objects that need code to load{what}, which kdsr refuses; kdsr reads "
+        f"safetensors or a plain state dict of tensors (torch.save(model.state_dict(), ...)); "
+        f"only if you trust the file, convert it: {snippet}"
+    )
+
+
 def unwrap(obj: object, path: str | Path = "<memory>", prefer: str = "params_ema") -> dict[str, torch.Tensor]:
-    """Find the state dict inside a checkpoint object."""
+    """Find the state dict inside a checkpoint object (a wrapper key of ``WRAPPER_KEYS``, then the
+    tensors themselves), dropping DataParallel's ``module.`` prefix when every key has it."""
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if not isinstance(obj, Mapping):
@@ -88,17 +113,40 @@ def load_weights(
 
 def strip_run_prefix(state: dict[str, torch.Tensor], expected: set[str] | None = None) -> dict[str, torch.Tensor]:
     """A run's ``checkpoints/<stage>/final.safetensors`` prefixes every key with the branch's module name
-    (``student.body.0...``); drop that one shared prefix so the file loads as plain network weights.
+    (``student.body.0...``); drop that prefix so the file loads as plain network weights.
 
-    With ``expected`` (the model's keys) the prefix is dropped only if every stripped key is one of them.
+    A branch name may hold dots (a CSSR-Net's ``w1.0.head.0.weight``), so the prefix is found against
+    ``expected`` (the model's keys): the shortest key prefix under which the file holds exactly the
+    expected keys (which also takes a network out of a file holding more: an HKDSR student's
+    ``student.backbone.*`` next to its ``student.heads.*`` loads as the plain backbone), else the shortest
+    prefix shared by every key whose stripped keys are all expected (a non-strict load). Without
+    ``expected`` the one shared first key component is dropped. A file that fits neither is returned as is.
     """
-    heads = {k.split(".", 1)[0] for k in state}
-    if len(heads) != 1 or not all("." in k for k in state):
-        return state
-    stripped = {k.split(".", 1)[1]: v for k, v in state.items()}
-    if expected is not None and not set(stripped) <= expected:
-        return state
-    return stripped
+    if expected is None:
+        heads = {k.split(".", 1)[0] for k in state}
+        if len(heads) != 1 or not all("." in k for k in state):
+            return state
+        return {k.split(".", 1)[1]: v for k, v in state.items()}
+    counts: dict[str, int] = {}
+    for key in state:
+        for prefix in _prefixes(key):
+            counts[prefix] = counts.get(prefix, 0) + 1
+    for prefix in sorted(counts, key=len):
+        if counts[prefix] == len(expected):
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if set(sub) == expected:
+                return sub
+    for prefix in sorted((p for p, n in counts.items() if n == len(state)), key=len):
+        stripped = {k[len(prefix):]: v for k, v in state.items()}
+        if set(stripped) <= expected:
+            return stripped
+    return state
+
+
+def _prefixes(key: str) -> list[str]:
+    """``a.b.c`` -> ``a.``, ``a.b.``: the dotted prefixes that leave a non-empty key."""
+    parts = key.split(".")
+    return [".".join(parts[:i]) + "." for i in range(1, len(parts))]
 
 
 def _matches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
@@ -150,10 +198,10 @@ def _few(items: list[str], n: int = 3) -> str:
     return head + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
-def save_weights(state: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (a crash never leaves a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+def save_weights(
+    state: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None, advice: str = ""
+) -> None:
+    """Write a safetensors file atomically (a crash never leaves a half-written file; a full disk is a
+    one-line error ending in ``advice``, see :func:`kdsr.files.write_atomic`)."""
+    data = save_tensors({k: v.detach().contiguous().cpu() for k, v in state.items()}, metadata=metadata)
+    write_atomic(Path(path), data, advice)

@@ -109,13 +109,13 @@ def test_pickle_with_code_refused(tmp_path, capsys):
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
         pickle.dump({"state_dict": Evil()}, f)
-    err = fails(capsys, ["run", teacher_cfg(tmp_path, evil), "--quiet"], "evil.pt", "refuses to run")
+    err = fails(capsys, ["run", teacher_cfg(tmp_path, evil), "--quiet"], "evil.pt", "kdsr refuses")
     assert "code ran" not in capsys.readouterr().out
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
     cfg = one_stage(tmp_path, steps=20, checkpoint_every=1, optimizer={"lr": 1e12})
-    fails(capsys, ["run", cfg_file(tmp_path, cfg), "--quiet"], "non-finite loss", "last good checkpoint")
+    fails(capsys, ["run", cfg_file(tmp_path, cfg), "--quiet"], "non-finite loss", "last checkpoint")
     latest = tmp_path / "run" / "checkpoints" / "teacher" / "latest.json"
     assert latest.exists()
 
@@ -125,7 +125,7 @@ def test_existing_run_dir_not_touched(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "precious.txt").write_text("keep me")
-    fails(capsys, ["run", cfg_file(tmp_path, cfg), "--quiet"], "already holds files", "--resume")
+    fails(capsys, ["run", cfg_file(tmp_path, cfg), "--quiet"], "already holds files", "out_dir")
     assert (run_dir / "precious.txt").read_text() == "keep me"
     assert sorted(p.name for p in run_dir.iterdir()) == ["precious.txt"]
 

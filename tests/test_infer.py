@@ -99,7 +99,7 @@ def test_difficulty_per_patch_routes_by_score(run_dir, tmp_path):
 def test_eval_with_budget_policy_respects_budget(run_dir, capsys):
     lr = str(run_dir.parent / "val")
     argv = ["eval", str(run_dir), "--json", "--policy", "budget", "--policy-option", "budget=0.6",
-            "--policy-option", f"calibration={lr}", "--tile", "12", "--overlap", "4"]
+            "--policy-option", f"calibration={lr}", "--policy-option", "grid=4", "--tile", "12", "--overlap", "4"]
     assert main(argv) == 0
     (res,) = json.loads(capsys.readouterr().out).values()
     scores = res["val"]
@@ -148,7 +148,7 @@ def test_bad_inputs_exit_2_and_others_still_written(run_dir, tmp_path, capsys):
 
 def test_tradeoff_curve(run_dir, capsys):
     cal = str(run_dir.parent / "train")
-    assert main(["tradeoff", str(run_dir), "--calibration", cal, "--budgets", "0.4,0.8", "--tile", "12", "--overlap", "4", "--json"]) == 0
+    assert main(["tradeoff", str(run_dir), "--calibration", cal, "--budgets", "0.4,0.8", "--grid", "4", "--tile", "12", "--overlap", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     kinds = [(p["kind"], p.get("branch", p.get("budget"))) for p in result["points"]]
     assert kinds == [("fixed", "wide"), ("fixed", "narrow"), ("budget", 0.4), ("budget", 0.8)]
@@ -157,7 +157,7 @@ def test_tradeoff_curve(run_dir, capsys):
     assert (run_dir / "tradeoff.png").exists()
     report = (run_dir / "report.md").read_text()
     assert "| budget 0.4 |" in report and "![PSNR vs Multi-Adds fraction](tradeoff.png)" in report
-    assert main(["tradeoff", str(run_dir), "--calibration", cal, "--budgets", "0.5", "--tile", "12", "--overlap", "4"]) == 0
+    assert main(["tradeoff", str(run_dir), "--calibration", cal, "--budgets", "0.5", "--grid", "4", "--tile", "12", "--overlap", "4"]) == 0
     report = (run_dir / "report.md").read_text()  # a second trade-off replaces the first, the rest stays
     assert report.count("## Dynamic inference") == 1 and "| budget 0.5 |" in report and "| budget 0.4 |" not in report
     assert "PSNR" in report.split("## Dynamic inference")[0]

@@ -164,7 +164,7 @@ def test_builtin_registers_psnr_and_ssim() -> None:
     assert set(found) == {"psnr", "ssim"}
     for factory in found.values():
         hints = typing.get_type_hints(factory)  # the registry validates options from these
-        assert hints["shave"] == int | None and hints["y_channel"] is bool
+        assert hints["shave"] == int | typing.Literal["scale", "scale+6"] and hints["y_channel"] is bool
         summary = factory.__doc__.splitlines()[0]
         assert "Y channel" in summary and "`scale`" in summary
 

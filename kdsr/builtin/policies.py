@@ -1,17 +1,21 @@
-"""Builtin inference policies: full, fixed, difficulty-aware (Dynamic-CSD) and budget-calibrated."""
+"""Builtin inference policies: full, fixed, difficulty-aware (Dynamic-CSD) and budget-calibrated (ARM, ClassSR)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from kdsr.errors import KdsrError, did_you_mean
 from kdsr.hookspecs import hookimpl
-from kdsr.inference import MEASURES, Choice, Policy, Router
+from kdsr.inference import Choice, Policy, Router
 from kdsr.metrics import psnr, quantize
+from kdsr.scoring import LEARNED, MEASURES, LearnedScorer, patch_features
 
 
 class Full(Policy):
@@ -36,27 +40,50 @@ class Fixed(Policy):
         raise KdsrError(f"policy fixed: no branch of width {self.width}; widths available: {widths or 'none'}")
 
 
-class Difficulty(Policy):
-    """Thresholds on an ease score pick the branch: score > t[0] -> cheapest, > t[1] -> next, ... else full."""
+AUTO_MIN_PATCHES = 4  # per="auto": an image of at least this many patches is routed patch by patch
+COSTS = ("macs", "time")
+DEFAULT_GRID = 20
 
-    def __init__(self, thresholds: list[float], measure: str, per: str) -> None:
-        if measure not in MEASURES:
-            raise ValueError(f"unknown measure '{measure}'{did_you_mean(measure, MEASURES)}; measures: {', '.join(MEASURES)}")
-        if per not in ("image", "patch"):
-            raise ValueError(f"per must be 'image' or 'patch', got '{per}'")
+
+class Difficulty(Policy):
+    """Thresholds on an ease score pick the branch: score > t[0] -> cheapest, > t[1] -> next, ... else full.
+
+    ``per``: ``image`` (one branch per image, Dynamic-CSD), ``patch`` (one per tile, ClassSR / ARM) or
+    ``auto``: per patch on images of at least ``AUTO_MIN_PATCHES`` patches, else per image (a small
+    image is one patch of content, and its seams would cost more than routing saves)."""
+
+    def __init__(self, thresholds: list[float], measure: str, per: str, benchmark: bool = True) -> None:
+        if measure not in MEASURES and measure != LEARNED:
+            names = [*MEASURES, LEARNED]
+            raise ValueError(f"unknown measure '{measure}'{did_you_mean(measure, names)}; measures: {', '.join(names)}")
+        if not benchmark and measure != "redegradation":
+            raise ValueError(f"benchmark: false is the redegradation measure's RGB mode; measure '{measure}' has none")
+        if per not in ("image", "patch", "auto"):
+            raise ValueError(f"per must be 'image', 'patch' or 'auto', got '{per}'")
         if any(a < b for a, b in zip(thresholds, thresholds[1:])):
             raise ValueError(f"thresholds must be descending (easiest first), got {thresholds}")
-        self.thresholds, self.measure, self.per_patch = list(thresholds), MEASURES[measure], per == "patch"
+        self.thresholds, self.per, self.per_patch = list(thresholds), per, per != "image"
+        self.measure = None if measure == LEARNED else MEASURES[measure]
+        if not benchmark:
+            self.measure = functools.partial(MEASURES[measure], benchmark=False)
+        self.scorer: LearnedScorer | None = None
         self.scale = 2
+
+    def routes_patches(self, tiles: int) -> bool:
+        return self.per == "patch" or (self.per == "auto" and tiles >= AUTO_MIN_PATCHES)
 
     def prepare(self, router: Router) -> None:
         self.scale = router.scale
+        if self.measure is None:
+            raise KdsrError("policy difficulty: measure 'learned' is fitted on a calibration folder; use --policy budget with calibration=DIR")
         if len(self.thresholds) != len(router.choices) - 1:
             raise KdsrError(
                 f"policy difficulty: {len(self.thresholds)} thresholds for {len(router.choices)} branches; give one fewer than branches"
             )
 
     def score(self, lr: torch.Tensor) -> float:
+        if self.scorer is not None:
+            return self.scorer.ease(patch_features(lr, self.scale))
         return self.measure(lr, self.scale)
 
     def select(self, lr: torch.Tensor, choices: Sequence[Choice]) -> str:
@@ -69,27 +96,70 @@ class Difficulty(Policy):
 
 
 class Budget(Difficulty):
-    """Difficulty routing whose thresholds are calibrated so the expected Multi-Adds are a fraction
-    of the full model's, maximising mean PSNR on a calibration folder (the ARM idea over kdsr branches)."""
+    """Difficulty routing whose thresholds are calibrated so the expected cost is a fraction of the full
+    branch's, maximising mean PSNR on a calibration folder (ARM's calibrated lookup over kdsr branches).
 
-    def __init__(self, budget: float, calibration: str, measure: str, per: str, grid: int) -> None:
-        super().__init__([], measure, per)
-        self.budget, self.calibration, self.grid = budget, calibration, grid
+    ``cost``: ``macs`` (Multi-Adds) or ``time``, priced by the router's measured branch latencies. The
+    thresholds are per-patch score quantiles of the whole calibration folder: a patch of given content
+    gets the same branch whatever image it is in, so the spent fraction transfers to other images with
+    similar content. ``measure: learned`` first fits :class:`kdsr.scoring.LearnedScorer` on the same
+    calibration patches. ``grid``: score quantiles tried per branch boundary; ``None`` (the report's few
+    training images) takes ``DEFAULT_GRID`` or as many as the calibration has patches."""
+
+    def __init__(
+        self, budget: float, calibration: Any, measure: str, per: str, grid: int | None, benchmark: bool = True, cost: str = "macs"
+    ) -> None:
+        super().__init__([], measure, per, benchmark)
+        if not 0 < budget <= 1:
+            raise ValueError(f"budget must be a fraction in (0, 1], got {budget}")
+        if cost not in COSTS:
+            raise ValueError(f"cost must be one of {', '.join(COSTS)}, got '{cost}'")
+        if grid is not None and grid < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}")
+        self.budget, self.calibration, self.grid, self.cost = budget, calibration, grid, cost
+        self.target = (cost, budget)
         self.expected: dict[str, Any] = {}
 
     def prepare(self, router: Router) -> None:
         self.scale = router.scale
-        table = calibration_table(router, self.calibration, self.score)
-        self.thresholds, self.expected = fit_thresholds(table, router.choices, self.budget, self.grid)
+        learned = self.measure is None
+        table = calibration_table(router, self.calibration, None if learned else self.score, features=learned)
+        grid = self.grid or min(DEFAULT_GRID, len(table))  # None: as fine as the calibration allows
+        if len(table) < grid:
+            unit = "patch(es)" if any(r["patch"] for r in table) else "image(s)"
+            raise KdsrError(
+                f"policy budget: the calibration gave {len(table)} {unit}, fewer than the budget grid of {self.grid}; "
+                f"add images to the calibration folder or lower --policy-option grid"
+            )
+        if learned:
+            self.scorer = fit_scorer(table, router.choices)
+            for row in table:
+                row["score"] = self.scorer.ease(row["features"])
+        cost = {c.name: c.macs_per_pixel for c in router.choices} if self.cost == "macs" else router.latencies()
+        self.thresholds, self.expected = fit_thresholds(table, router.choices, self.budget, grid, cost)
 
 
-def calibration_table(router: Router, folder: str, score) -> list[dict[str, Any]]:
-    """Per calibration tile: ease score, pixels, and each branch's PSNR on it."""
+def fit_scorer(rows: list[dict[str, Any]], choices: Sequence[Choice]) -> LearnedScorer:
+    """The learned scorer fitted on calibration rows: features -> dB each cheaper branch loses to the full one."""
+    ordered = sorted(choices, key=lambda c: c.macs_per_pixel)
+    full, cheaper = ordered[-1].name, [c.name for c in ordered[:-1]] or [ordered[-1].name]
+    features = np.stack([r["features"] for r in rows])
+    losses = np.array([[r["psnr"][full] - r["psnr"][b] for b in cheaper] for r in rows])
+    return LearnedScorer().fit(features, losses, cheaper)
+
+
+def calibration_table(router: Router, source: Any, score: Callable[[torch.Tensor], float] | None, features: bool = False) -> list[dict[str, Any]]:
+    """Per calibration patch (or image, where the policy routes it whole): ease score, pixels, and each
+    branch's PSNR on it; with ``features``, the learned scorer's features too (``score`` may then be None).
+
+    ``source``: an HR image folder, or ``(name, lr_uint8, hr_uint8)`` pairs already made (the
+    report calibrates on a run's training pairs, which need not be a folder)."""
     from kdsr.data import ImageFolder, SRPairs, to_float
     from kdsr.tiling import run_windows, window_pixels
 
+    is_folder = isinstance(source, (str, os.PathLike))
     rows = []
-    for _, lr_u8, hr_u8 in SRPairs(ImageFolder(folder), router.scale):
+    for _, lr_u8, hr_u8 in SRPairs(ImageFolder(source), router.scale) if is_folder else source:
         lr, hr = to_float(lr_u8).unsqueeze(0), to_float(hr_u8)
         tiles = router._tiles(*lr.shape[-2:])
         outs = {}
@@ -97,7 +167,8 @@ def calibration_table(router: Router, folder: str, score) -> list[dict[str, Any]
             out = torch.empty(1, 3, hr.shape[-2], hr.shape[-1])
             run_windows(router.branches[c.name], lr, router.scale, tiles, out, router.batch, router.device)
             outs[c.name] = quantize(out[0])
-        units = tiles if router.policy.per_patch else [None]
+        per_patch = router.policy.routes_patches(len(tiles))
+        units = tiles if per_patch else [None]
         for t in units:
             if t is None:
                 y0, y1, x0, x1 = 0, lr.shape[-2], 0, lr.shape[-1]
@@ -106,20 +177,29 @@ def calibration_table(router: Router, folder: str, score) -> list[dict[str, Any]
             s = router.scale
             ref = hr[:, y0 * s : y1 * s, x0 * s : x1 * s]
             pixels = window_pixels(t) if t is not None else sum(window_pixels(u) for u in tiles)
-            row = {"score": score(lr[..., y0:y1, x0:x1]), "pixels": pixels, "psnr": {}}
+            patch = lr[..., y0:y1, x0:x1]
+            row: dict[str, Any] = {"score": score(patch) if score else 0.0, "pixels": pixels, "patch": per_patch, "psnr": {}}
+            if features:
+                row["features"] = patch_features(patch, s)
             for name, sr in outs.items():
                 row["psnr"][name] = min(psnr(sr[:, y0 * s : y1 * s, x0 * s : x1 * s], ref, 0), 100.0)
             rows.append(row)
     if not rows:
-        raise KdsrError(f"policy budget: calibration folder '{folder}' gave no images")
+        where = f"folder '{source}'" if is_folder else "set"
+        raise KdsrError(f"policy budget: calibration {where} gave no images; give a folder of HR images")
     return rows
 
 
-def fit_thresholds(rows: list[dict[str, Any]], choices: Sequence[Choice], budget: float, grid: int) -> tuple[list[float], dict[str, Any]]:
+def fit_thresholds(
+    rows: list[dict[str, Any]], choices: Sequence[Choice], budget: float, grid: int, cost: dict[str, float] | None = None
+) -> tuple[list[float], dict[str, Any]]:
     """Cut the ease-sorted tiles into contiguous groups (hardest -> most expensive branch) on a
-    quantile grid; keep the cut with the best mean PSNR whose Multi-Adds fraction is within budget."""
+    quantile grid; keep the cut with the best mean PSNR whose cost fraction is within budget.
+
+    ``cost``: per-pixel cost of each branch (default its Multi-Adds; a time budget passes latencies)."""
+    cost = cost or {c.name: c.macs_per_pixel for c in choices}
     ordered = sorted(choices, key=lambda c: c.macs_per_pixel)  # cheapest first
-    full = ordered[-1].macs_per_pixel
+    full = cost[ordered[-1].name]
     rows = sorted(rows, key=lambda r: -r["score"])  # easiest first
     n = len(rows)
     total_px = sum(r["pixels"] for r in rows)
@@ -128,20 +208,22 @@ def fit_thresholds(rows: list[dict[str, Any]], choices: Sequence[Choice], budget
     best_frac = None
     for split in itertools.combinations_with_replacement(cuts, len(ordered) - 1):
         bounds = [0, *split, n]
-        cost = quality = 0.0
+        spent = quality = 0.0
         for b, choice in enumerate(ordered):
             for r in rows[bounds[b] : bounds[b + 1]]:
-                cost += choice.macs_per_pixel * r["pixels"]
+                spent += cost[choice.name] * r["pixels"]
                 quality += r["psnr"][choice.name]
-        frac = cost / (full * total_px)
+        frac = spent / (full * total_px)
         if frac <= budget + 1e-9 and (best is None or quality > best[0]):
             best, best_frac = (quality, bounds), frac
     if best is None:
-        raise KdsrError(f"policy budget: no routing reaches budget {budget}; the cheapest branch alone costs more")
+        cheapest = cost[ordered[0].name] / full
+        raise KdsrError(f"policy budget: no routing reaches budget {budget}; the cheapest branch alone costs {cheapest:.2f} of the full one, raise the budget")
     bounds = best[1]
     # threshold between groups: the score of the first tile *after* each group (score > t -> that group)
     thresholds = [rows[b]["score"] if b < n else float("-inf") for b in bounds[1:-1]]
-    return thresholds, {"fraction": best_frac, "psnr": best[0] / n, "tiles": n}
+    shares = {c.name: (bounds[b + 1] - bounds[b]) / n for b, c in enumerate(ordered)}
+    return thresholds, {"fraction": best_frac, "psnr": best[0] / n, "tiles": n, "shares": shares}
 
 
 def full() -> Policy:
@@ -156,16 +238,29 @@ def fixed(branch: str | None = None, width: float | None = None) -> Policy:
     return Fixed(branch, width)
 
 
-def difficulty(thresholds: list[float], measure: str = "redegradation", per: str = "image") -> Policy:
-    """Dynamic-CSD routing: descending thresholds on an ease score (re-degradation PSNR by default)."""
-    return Difficulty(thresholds, measure, per)
+def difficulty(thresholds: list[float], measure: str = "redegradation", per: str = "auto", benchmark: bool = True) -> Policy:
+    """Dynamic-CSD routing: descending thresholds on an ease score (re-degradation PSNR by default), per
+    patch on images of several patches (``per``: auto, patch or image).
+
+    ``benchmark``: the official score's benchmark mode (Y, shave = scale); false is its other mode (RGB,
+    shave = scale + 6), which the official code uses on non-benchmark sets such as DIV2K validation.
+    """
+    return Difficulty(thresholds, measure, per, benchmark)
 
 
-def budget(budget: float, calibration: str, measure: str = "redegradation", per: str = "patch", grid: int = 20) -> Policy:
-    """Per-patch routing calibrated on a folder to spend a target fraction of the full Multi-Adds."""
-    if not 0 < budget <= 1:
-        raise ValueError(f"budget must be a fraction in (0, 1], got {budget}")
-    return Budget(budget, calibration, measure, per, grid)
+def budget(
+    budget: float,
+    calibration: str,
+    measure: str = "redegradation",
+    per: str = "auto",
+    grid: int = DEFAULT_GRID,
+    benchmark: bool = True,
+    cost: str = "macs",
+) -> Policy:
+    """Routing calibrated on a folder to spend a fraction of the full branch's Multi-Adds (``cost: macs``)
+    or measured time (``cost: time``); ``measure`` also ``learned`` (a fitted scorer); ``per``, ``benchmark``
+    as in difficulty; ``grid``: score quantiles tried per branch boundary."""
+    return Budget(budget, calibration, measure, per, grid, benchmark, cost)
 
 
 @hookimpl

@@ -72,17 +72,23 @@ def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(im)
 
 
-def write_image(path: str | Path, img: Tensor) -> None:
-    """Write a 3xHxW image; floats in [0, 1] are quantised (clamp, x255, round) and uint8 written as is.
+def write_image(path: str | Path, img: Tensor | np.ndarray) -> None:
+    """Write a 3xHxW tensor (floats in [0, 1] are quantised: clamp, x255, round; uint8 as is) or an
+    HxWx3 uint8 array, which is written without any copy in float (what ``kdsr infer`` hands over).
 
     The format follows the suffix (PNG when there is none); use ``.png`` to keep results lossless.
     """
     path = Path(path)
-    if img.dim() != 3 or img.shape[0] not in (1, 3):
-        raise ValueError(f"write_image needs a 3xHxW (or 1xHxW) tensor, got shape {tuple(img.shape)}")
-    if img.dtype != torch.uint8:
-        img = img.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    arr = img.detach().cpu().permute(1, 2, 0).numpy()
+    if isinstance(img, np.ndarray):
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (1, 3):
+            raise ValueError(f"write_image needs an HxWx3 uint8 array, got {img.dtype} of shape {img.shape}")
+        arr = img
+    else:
+        if img.dim() != 3 or img.shape[0] not in (1, 3):
+            raise ValueError(f"write_image needs a 3xHxW (or 1xHxW) tensor, got shape {tuple(img.shape)}")
+        if img.dtype != torch.uint8:
+            img = img.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+        arr = img.detach().cpu().permute(1, 2, 0).numpy()
     pil = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

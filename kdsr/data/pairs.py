@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from kdsr.data.datasets import Sample
-from kdsr.data.imresize import bicubic_downscale
+from kdsr.data.imresize import bicubic_degrade
 from kdsr.data.io import quantize, to_float
 from kdsr.errors import KdsrError
 
@@ -27,8 +27,9 @@ class SRPairs(Sequence[tuple[str, Tensor, Tensor]]):
     """Item i is ``(name, lr, hr)``, uint8 3xHxW, HR mod-cropped and LR exactly HR/scale.
 
     The LR is the sample's own (paired sets) or ``quantize(degrade(hr, scale))``: stored as 8 bits, as
-    the literature's LR PNGs are. The default degradation is MATLAB bicubic. With ``cache`` the pairs are
-    kept in memory after first use, so degradation runs once per image.
+    the literature's LR PNGs are. The default degradation is MATLAB bicubic on the uint8 HR (byte-identical
+    to MATLAB's LR). With ``cache`` the pairs are kept in memory after first use, so degradation runs once
+    per image.
     """
 
     def __init__(
@@ -36,7 +37,7 @@ class SRPairs(Sequence[tuple[str, Tensor, Tensor]]):
     ) -> None:
         self.source = source
         self.scale = int(scale)
-        self.degrade = degrade or bicubic_downscale
+        self.degrade = degrade or bicubic_degrade
         self._cache: dict[int, tuple[str, Tensor, Tensor]] | None = {} if cache else None
 
     def __len__(self) -> int:

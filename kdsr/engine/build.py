@@ -20,6 +20,7 @@ from kdsr.engine.evaluate import EvalSet
 from kdsr.errors import KdsrError, did_you_mean
 from kdsr.losses import Loss
 from kdsr.plugins import registry
+from kdsr.registry import Entry
 from kdsr.weights import load_weights
 
 
@@ -45,6 +46,12 @@ class Stage:
     @property
     def trainable(self) -> dict[str, Branch]:
         return {n: b for n, b in self.branches.items() if b.trainable}
+
+
+def candidate_branches(stages: dict[str, Stage]) -> dict[str, Branch]:
+    """The branches a policy chooses from: the trained branches of the run's last finished stage (eval mode)."""
+    last = list(stages.values())[-1]
+    return {n: Branch(b.model.eval(), b.kwargs) for n, b in last.trainable.items()}
 
 
 def build_dataset(spec: DatasetSpec, where: str):
@@ -79,12 +86,35 @@ def build_eval_sets(config: RunConfig) -> list[EvalSet]:
 
 
 def build_metrics(config: RunConfig) -> dict[str, Any]:
-    return {m: registry("metric").create(m, where="eval.metrics") for m in config.eval.metrics}
+    """``{label: metric}``; the label says which variant runs (see ``kdsr.config.MetricSpec``)."""
+    out: dict[str, Any] = {}
+    for i, spec in enumerate(config.eval.metrics):
+        where = f"eval.metrics[{i}]"
+        metric = registry("metric").create(spec.name, spec.options, where=f"{where}.options")
+        label = spec.label or variant_label(registry("metric").get(spec.name, where), spec.options, where)
+        if label in out:
+            raise KdsrError(f"{where}: a second metric reported as '{label}'; remove it or give it another 'label'")
+        out[label] = metric
+    return out
+
+
+def variant_label(entry: Entry, options: dict[str, Any], where: str) -> str:
+    """``name``, or ``name[k=v,...]`` listing the options that differ from the factory's defaults."""
+    chosen = entry.validate(options, where)
+    defaults = {n: p.default for n, p in entry.option_fields().items()}
+    changed = [f"{k}={_plain(v)}" for k, v in chosen.items() if k in options and v != defaults.get(k)]
+    return f"{entry.name}[{','.join(changed)}]" if changed else entry.name
+
+
+def _plain(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def build_backbone(spec: ModelSpec, scale: int, where: str, load: bool = True) -> nn.Module:
-    """The backbone of ``spec``; ``load=False`` only checks that its weights fit (works on the meta device)."""
-    assert spec.backbone is not None
+    """The backbone of ``spec`` (or the one its weights file describes); ``load=False`` only checks that its
+    weights fit (works on the meta device)."""
+    if spec.backbone is None:
+        spec = described_spec(spec, scale, where)
     entry = registry("backbone").get(spec.backbone, where=f"{where}.backbone")
     model = registry("backbone").create(spec.backbone, spec.options, where=f"{where}.options", scale=scale)
     if spec.weights is not None:
@@ -92,9 +122,26 @@ def build_backbone(spec: ModelSpec, scale: int, where: str, load: bool = True) -
     return model
 
 
+def described_spec(spec: ModelSpec, scale: int, where: str) -> ModelSpec:
+    """``spec`` with the backbone and options its ``weights`` file describes (kdsr metadata)."""
+    from kdsr.plain import describe
+
+    if not spec.weights.is_file():
+        raise KdsrError(f"{where}.weights: '{spec.weights}' does not exist; check the path")
+    found = describe(spec.weights)
+    if found is None:
+        raise KdsrError(
+            f"{where}.weights: '{spec.weights}' does not say which network it is (no kdsr metadata); "
+            f"add 'backbone:' (and 'options:') for it"
+        )
+    if found.scale != scale:
+        raise KdsrError(f"{where}.weights: '{spec.weights}' is a x{found.scale} {found.backbone}, the run is x{scale}; use weights for x{scale}")
+    return spec.model_copy(update={"backbone": found.backbone, "options": found.options})
+
+
 def resolve_model(spec: ModelSpec, scale: int, where: str, finished: dict[str, Stage], load: bool = True) -> Branch:
     """A network from the registry, or a copy of a branch trained by an earlier stage."""
-    if spec.backbone is not None:
+    if spec.from_stage is None:
         return Branch(build_backbone(spec, scale, where, load))
     stage = finished[spec.from_stage]  # existence checked by the config validator
     names = list(stage.trainable)
@@ -135,6 +182,11 @@ def build_stage(config: RunConfig, index: int, finished: dict[str, Stage], load:
         init_student(sc.student.init, students, config.scale, f"{where}.student.init", finished, load)
     stage = Stage(sc, branches)
     stage.terms = [build_term(spec, stage, f"{where}.losses[{j}]") for j, spec in enumerate(sc.losses)]
+    for j, (spec, term) in enumerate(zip(sc.losses, stage.terms)):
+        try:
+            term.loss.check_config(config, sc)
+        except ValueError as exc:
+            raise KdsrError(f"{where}.losses[{j}]: loss '{spec.name}': {exc}") from None
     labels = [t.label for t in stage.terms]
     for t in stage.terms:
         if labels.count(t.label) > 1:
@@ -185,6 +237,12 @@ def pick_device(name: str) -> torch.device:
         raise KdsrError(f"device '{name}' is not a torch device; use auto, cpu or cuda[:N]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise KdsrError(f"device '{name}' requested but CUDA is not available; use device=cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise KdsrError(f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1} or auto")
+    if device.type not in ("cpu", "cuda"):
+        backend = getattr(torch, device.type, None) or getattr(torch.backends, device.type, None)
+        if not (backend is not None and hasattr(backend, "is_available") and backend.is_available()):
+            raise KdsrError(f"device '{name}' is not available on this machine; use auto, cpu or cuda[:N]")
     return device
 
 
@@ -193,6 +251,7 @@ def check_config(config: RunConfig) -> None:
 
     Networks are built on the meta device, so even large teachers cost no memory.
     """
+    pick_device(config.device)
     for i, spec in enumerate([config.data.train, *config.data.eval]):
         build_dataset(spec, "data.train" if i == 0 else f"data.eval[{i - 1}]")
     build_degradation(config)

@@ -1,59 +1,86 @@
-"""Inference with a finished run: route images or tiles to its branches with a policy."""
+"""Inference with a finished run (or one network from a weights file): route images or tiles to its
+branches with a policy. Networks are loaded by :mod:`kdsr.models`."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm import tqdm
-
 from kdsr.branches import Branch
 from kdsr.data import IMAGE_EXTENSIONS, list_images, read_image, to_float, write_image
-from kdsr.engine.build import Stage, pick_device
-from kdsr.engine.restore import load_run
+from kdsr.engine.build import pick_device
+from kdsr.engine.restore import evaluate_models
 from kdsr.errors import KdsrError
-from kdsr.inference import Choice, Router
+from kdsr.inference import Choice, Router, budget_check
+from kdsr.models import Models, load_run, open_models
 from kdsr.plugins import registry
+from kdsr.progress import Progress
 from kdsr.profiling import lr_size_for, profile_macs
+from kdsr.runtime import FP32, Runtime
 
 REFERENCE_HR = (720, 1280)
 
 
-def candidate_branches(stages: dict[str, Stage]) -> dict[str, Branch]:
-    """The branches a policy chooses from: the trained branches of the run's last finished stage."""
-    last = list(stages.values())[-1]
-    return {n: Branch(b.model.eval(), b.kwargs) for n, b in last.trainable.items()}
-
-
 def choices_for(branches: dict[str, Branch], scale: int) -> list[Choice]:
-    """Each branch's Multi-Adds per LR pixel (fvcore, at the 1280x720 reference output)."""
+    """Each branch's Multi-Adds per LR pixel (fvcore, at the 1280x720 reference output), cheapest first."""
     from kdsr.report import BranchModule
 
     h, w = lr_size_for(REFERENCE_HR, scale)
-    return [
+    choices = [
         Choice(name, profile_macs(BranchModule(b), (h, w)).total / (h * w), b.kwargs.get("width"))
         for name, b in branches.items()
     ]
+    return sorted(choices, key=lambda c: c.macs_per_pixel)
+
+
+def with_candidates(models: Models, also: Sequence[Path] = (), all_stages: bool = False) -> Models:
+    """``models`` with more branches to route over: every finished stage's trained branches (``all_stages``,
+    named ``stage/branch``) and those of ``also``, other runs or exported students (a file's network is named
+    after the file, a run's branches ``run:branch``). All must have one scale: a policy mixes their patches."""
+    if not also and not all_stages:
+        return models
+    candidates = dict(models.candidates)
+    if all_stages and models.config is not None:
+        _, stages = load_run(models.source)
+        candidates = {f"{s}/{n}": Branch(b.model.eval(), b.kwargs) for s, st in stages.items() for n, b in st.trainable.items()}
+    for path in also:
+        other = with_candidates(open_models(path), all_stages=all_stages)
+        if other.scale != models.scale:
+            raise KdsrError(
+                f"branches of different scales: '{models.source}' is x{models.scale}, '{path}' is x{other.scale}; route networks of one scale"
+            )
+        for name, branch in other.candidates.items():
+            key = name if other.config is None else f"{Path(path).name}:{name}"
+            if key in candidates:
+                raise KdsrError(f"two candidate branches are named '{key}' ('{path}' adds it again); rename one of the files")
+            candidates[key] = branch
+    return replace(models, candidates=candidates)
 
 
 def make_router(
-    run_dir: Path,
+    models: Models | Path,
     policy: str = "full",
     options: dict[str, Any] | None = None,
-    tile: int | None = 128,
+    tile: int | str | None = 128,
     overlap: int = 16,
     batch: int = 4,
-) -> tuple[Any, Router]:
-    config, stages = load_run(run_dir)
-    device = pick_device(config.device)
-    branches = candidate_branches(stages)
+    runtime: Runtime = FP32,
+) -> Router:
+    """A router over the candidate branches of ``models`` (a run or a weights file, see :func:`open_models`),
+    running them under ``runtime``."""
+    if not isinstance(models, Models):
+        models = open_models(models)
+    device = pick_device(models.device)
+    branches = models.candidates
     for b in branches.values():
         b.model.to(device)
     chosen = registry("policy").create(policy, options, where="--policy-option")
-    return config, Router(branches, choices_for(branches, config.scale), chosen, config.scale, tile, overlap, batch, device)
+    return Router(branches, choices_for(branches, models.scale), chosen, models.scale, tile, overlap, batch, device, runtime)
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:
@@ -80,18 +107,21 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
         probe.unlink()
     except OSError as exc:
         raise KdsrError(f"output folder '{out_dir}' is not writable ({exc.strerror or exc}); choose another --out") from None
-    images, failed = [], []
-    for path in tqdm(files, desc="infer", disable=None):
+    images, failed, pixels = [], [], Counter()
+    bar = Progress(len(files), "infer", "image")
+    for path in files:
         try:
             lr = to_float(read_image(path)).unsqueeze(0)
         except KdsrError as exc:  # one bad image must not cost the others
             failed.append({"input": str(path), "error": str(exc)})
+            bar.update(1)
             continue
         t0 = time.perf_counter()
         routed = router(lr)
         seconds = time.perf_counter() - t0
         target = out_dir / f"{path.stem}.png"
-        write_image(target, routed.sr[0])
+        write_image(target, routed.image)
+        pixels.update(routed.pixels)
         images.append(
             {
                 "input": str(path),
@@ -104,11 +134,17 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
                 "seconds": seconds,
             }
         )
+        bar.update(1)
+    bar.close()
+    macs_fraction = sum(i["macs"] for i in images) / max(sum(i["full_macs"] for i in images), 1.0)
+    time_fraction = router.time_fraction(pixels)
     summary = {
         "policy": type(router.policy).__name__.lower(),
         "router": router.describe(),
         "images": images,
-        "macs_fraction": sum(i["macs"] for i in images) / max(sum(i["full_macs"] for i in images), 1.0),
+        "macs_fraction": macs_fraction,
+        "time_fraction": time_fraction,  # estimated from measured branch latencies (Router.latencies)
+        "budget": budget_check(router.policy, macs_fraction, time_fraction),
         "seconds": sum(i["seconds"] for i in images),
         "failed": failed,
     }
@@ -121,56 +157,42 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
     return summary
 
 
-@torch.no_grad()
-def evaluate_policy(router: Router, sets, metrics, scale: int) -> dict[str, dict[str, float]]:
-    """PSNR/SSIM of routed outputs per set, with the mean Multi-Adds fraction spent."""
-    from kdsr.data import quantize
-
-    out: dict[str, dict[str, float]] = {}
-    for eval_set in sets:
-        sums = dict.fromkeys(metrics, 0.0)
-        macs = full = 0.0
-        for _, lr_u8, hr_u8 in eval_set.pairs:
-            routed = router(to_float(lr_u8))
-            sr = quantize(routed.sr[0])
-            for m, fn in metrics.items():
-                sums[m] += fn(sr, to_float(hr_u8), scale)
-            macs, full = macs + routed.macs, full + routed.full_macs
-        n = max(len(eval_set.pairs), 1)
-        out[eval_set.label] = {**{m: v / n for m, v in sums.items()}, "macs_fraction": macs / full if full else 1.0}
-    return out
-
-
 def tradeoff(
     run_dir: Path,
     calibration: Path,
     budgets: list[float],
     folders: list[Path] | None = None,
-    tile: int | None = 128,
+    tile: int | str | None = 128,
     overlap: int = 16,
-    measure: str = "redegradation",
+    measure: str | Sequence[str] = "redegradation",
+    grid: int = 20,
+    cost: str = "macs",
 ) -> dict[str, Any]:
-    """PSNR vs Multi-Adds fraction: every fixed branch, and the budget policy at each budget.
+    """PSNR against Multi-Adds and time fractions: every fixed branch, and the budget policy at each budget
+    for each ``measure`` (several: one curve each).
 
-    The budget policy is calibrated on ``calibration`` (keep it apart from the eval sets) and
-    evaluated on the run's eval sets (or ``folders``). Writes ``tradeoff.json`` and ``tradeoff.png``
-    into the run directory and adds the trade-off table and plot to its ``report.md``.
+    The budget policy is calibrated on ``calibration`` (keep it apart from the eval sets) and evaluated on
+    the run's eval sets (or ``folders``); time fractions are priced by the router's measured branch
+    latencies. Writes ``tradeoff.json`` and ``tradeoff.png`` into the run directory and adds the trade-off
+    table and plot to its ``report.md``.
     """
-    from kdsr.engine.restore import evaluate_run
-
-    config, stages = load_run(run_dir)
-    names = list(candidate_branches(stages))
+    models = open_models(run_dir)
+    if models.config is None:
+        raise KdsrError(f"'{run_dir}' is a weights file; the trade-off compares the branches of a run directory")
+    measures = [measure] if isinstance(measure, str) else list(measure)
     points: list[dict[str, Any]] = []
-    for name in names:
-        router = make_router(run_dir, "fixed", {"branch": name}, tile, overlap)[1]
-        (scores,) = evaluate_run(run_dir, folders or [], router=router).values()
-        points.append({"kind": "fixed", "branch": name, "scores": scores})
-    for b in budgets:
-        options = {"budget": b, "calibration": str(calibration), "measure": measure}
-        router = make_router(run_dir, "budget", options, tile, overlap)[1]
-        (scores,) = evaluate_run(run_dir, folders or [], router=router).values()
-        points.append({"kind": "budget", "budget": b, "scores": scores, "expected": router.policy.expected})
-    result = {"run": str(run_dir), "calibration": str(calibration), "tile": tile, "overlap": overlap, "points": points}
+    for name in models.candidates:
+        router = make_router(models, "fixed", {"branch": name}, tile, overlap)
+        (scores,) = evaluate_models(models, folders or [], router=router).values()
+        points.append({"kind": "fixed", "branch": name, "label": f"fixed {name}", "scores": scores})
+    for m in measures:
+        for b in budgets:
+            options = {"budget": b, "calibration": str(calibration), "measure": m, "grid": grid, "cost": cost}
+            router = make_router(models, "budget", options, tile, overlap)
+            (scores,) = evaluate_models(models, folders or [], router=router).values()
+            label = f"budget {b:g}" + (f" {m}" if len(measures) > 1 else "")
+            points.append({"kind": "budget", "budget": b, "measure": m, "label": label, "scores": scores, "expected": router.policy.expected})
+    result = {"run": str(run_dir), "calibration": str(calibration), "tile": tile, "overlap": overlap, "cost": cost, "points": points}
     (run_dir / "tradeoff.json").write_text(json.dumps(result, indent=1))
     from kdsr.report import add_tradeoff_to_report, plot_tradeoff
 

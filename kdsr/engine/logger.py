@@ -33,6 +33,13 @@ class RunLogger:
             if isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
                 self._tb.add_scalar(f"{stage}/{kind}/{key}", value, step)
 
+    def images(self, stage: str, step: int, images: dict[str, Any]) -> None:
+        """3xHxW tensors in [0, 1] to TensorBoard as ``<stage>/sr/<name>`` (SR crops at each eval)."""
+        if not self.enabled:
+            return
+        for name, image in images.items():
+            self._tb.add_image(f"{stage}/sr/{name}", image.clamp(0, 1), step)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

@@ -1,13 +1,18 @@
 """A whole run: stages in order, resumable, then the report.
 
-The run directory is never overwritten: starting a run where one exists is refused unless
-``--resume`` is given, and resuming checks that the config still describes the same run.
+One process owns a run directory for the whole run (:class:`kdsr.engine.lock.RunLock`). Trained
+checkpoints in it are never overwritten: a plain rerun there is refused unless ``--resume`` (which
+checks that the config still describes the same run) or ``--overwrite`` (which discards the old run)
+is given. A run that stopped before its first checkpoint left nothing worth keeping and simply
+starts again in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,8 @@ from kdsr.data import TrainPatches
 from kdsr.engine import checkpoint, distributed
 from kdsr.engine.build import Stage, build_eval_sets, build_metrics, build_pairs, build_stage, pick_device
 from kdsr.engine.context import RunContext
-from kdsr.engine.evaluate import evaluate
+from kdsr.engine.evaluate import evaluate, sample_crops
+from kdsr.engine.lock import LOCK_NAME, RunLock
 from kdsr.engine.logger import RunLogger
 from kdsr.engine.trainer import StageTrainer, final_weights_path
 from kdsr.errors import KdsrError
@@ -35,24 +41,55 @@ PROGRESS = "progress.json"
 RESUMABLE_CHANGES = {"steps", "eval_every", "log_every", "checkpoint_every", "device", "threads", "plugins", "latency", "latency_repeats"}
 
 
-def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
+def prepare_run_dir(config: RunConfig, resume: bool, overwrite: bool = False) -> bool:
+    """Make the run directory ready for this run and say whether it resumes; call it holding the
+    directory's :class:`RunLock`. Refusals leave every file in place."""
     run_dir = config.run_dir
     resolved = run_dir / RESOLVED
-    if resume:
-        if not resolved.exists():
+    contents = [p for p in run_dir.iterdir() if p.name != LOCK_NAME] if run_dir.is_dir() else []
+    if not contents:
+        if resume:
             raise KdsrError(f"nothing to resume in '{run_dir}' (no {RESOLVED}); drop --resume to start the run")
-        saved = yaml.safe_load(resolved.read_text(encoding="utf-8"))
-        diff = _differences(saved, config.model_dump(mode="json"))
-        if diff:
-            raise KdsrError(
-                f"config differs from the run being resumed at '{diff[0]}'; resume with the run's own "
-                f"'{resolved}' or start a new run (set name/out_dir)"
-            )
-    elif run_dir.exists() and any(run_dir.iterdir()):
+        return False
+    if not resolved.is_file():
         raise KdsrError(
-            f"run directory '{run_dir}' already holds files; pass --resume to continue it, or set name=... / out_dir=... for a new run"
+            f"run directory '{run_dir}' already holds files but no kdsr run ({RESOLVED} is missing); "
+            f"set name=... / out_dir=... for a new run"
         )
-    return run_dir
+    if overwrite:
+        _clear(contents)
+        log.warning("--overwrite: removed the previous run in '%s'", run_dir)
+        return False
+    if not _trained(run_dir):  # stopped before its first checkpoint: nothing to keep, start again in place
+        _clear(contents)
+        log.info("starting '%s' again: the previous attempt stopped before its first checkpoint", run_dir)
+        return False
+    if not resume:
+        raise KdsrError(
+            f"run directory '{run_dir}' already holds files with trained checkpoints; pass --resume to continue it, "
+            f"--overwrite to discard them, or set name=... / out_dir=... for a new run"
+        )
+    saved = yaml.safe_load(resolved.read_text(encoding="utf-8"))
+    diff = _differences(saved, config.model_dump(mode="json"))
+    if diff:
+        raise KdsrError(
+            f"config differs from the run being resumed at '{diff[0]}'; resume with the run's own "
+            f"'{resolved}', pass --overwrite to discard the old run, or start a new run (set name/out_dir)"
+        )
+    return True
+
+
+def _trained(run_dir: Path) -> bool:
+    """Whether the directory holds anything training produced (a checkpoint, a finished stage)."""
+    return (run_dir / PROGRESS).exists() or any((run_dir / "checkpoints").glob("*/*.safetensors"))
+
+
+def _clear(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def _differences(a: Any, b: Any, path: str = "") -> list[str]:
@@ -68,8 +105,10 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path]
 
 
-def run(config: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Train every stage, evaluate, profile and write the report; returns the report."""
+def run(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train every stage, evaluate, profile and write the report; returns the report.
+
+    ``overwrite`` discards a previous run with trained checkpoints in the run directory."""
     from kdsr.report import write_report
 
     plugins = get_plugins()
@@ -81,26 +120,32 @@ def run(config: RunConfig, resume: bool = False) -> dict[str, Any]:
     distributed.init(device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    run_dir = prepare_run_dir(config, resume)
+    run_dir = config.run_dir
     main = distributed.is_main()
-    distributed.barrier()
-    plugins.hook.configure(config=config)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_atomic(run_dir / RESOLVED, dump_config(config).encode())
-    ctx = RunContext(config, run_dir, device, rank=rank, world_size=world_size)
-    progress = _read_progress(run_dir) if resume else {"done": [], "results": {}}
-    logger = RunLogger(run_dir, enabled=main)
+    held = contextlib.ExitStack()  # the run directory's lock, held by rank 0 until the run ends
+    logger: RunLogger | None = None
     try:
+        if main:
+            held.enter_context(RunLock(run_dir))
+            resume = prepare_run_dir(config, resume, overwrite)
+        distributed.barrier()
+        plugins.hook.configure(config=config)
+        if main:
+            checkpoint.write_atomic(run_dir / RESOLVED, dump_config(config).encode())
+        ctx = RunContext(config, run_dir, device, rank=rank, world_size=world_size)
+        progress = _read_progress(run_dir) if resume else {"done": [], "results": {}}
+        logger = RunLogger(run_dir, enabled=main)
         train_pairs = build_pairs(config, config.data.train, "data.train")
         eval_sets = build_eval_sets(config)
         metrics = build_metrics(config)
 
         bicubic: dict[str, Any] = {}
 
-        def evaluate_branches(branches):
+        def evaluate_branches(branches, step):
             if config.eval.bicubic and not bicubic:  # the baseline does not change: score it once
                 bicubic.update(evaluate({}, eval_sets, metrics, config.scale, device, bicubic=True))
+            if eval_sets and eval_sets[0].pairs:  # what the numbers look like, at every eval, in TensorBoard
+                logger.images(ctx.stage.config.name, step, sample_crops(branches, eval_sets[0], config.scale, device))
             return {**bicubic, **evaluate(branches, eval_sets, metrics, config.scale, device, False, config.eval.self_ensemble)}
 
         finished: dict[str, Stage] = {}
@@ -134,18 +179,21 @@ def run(config: RunConfig, resume: bool = False) -> dict[str, Any]:
             results = trainer.run(resume)
             trainer.finish()
             if main:
-                save_weights(_collect_final(stage), final_weights_path(run_dir, sc.name), {"stage": sc.name})
+                kept = f"the last checkpoint of stage '{sc.name}' is kept; continue with --resume once the disk has room"
+                save_weights(_collect_final(stage), final_weights_path(run_dir, sc.name), {"stage": sc.name}, kept)
                 progress["done"].append(sc.name)
                 progress.setdefault("steps", {})[sc.name] = sc.steps
                 progress["results"][sc.name] = results
-                checkpoint.write_atomic(run_dir / PROGRESS, json.dumps(progress, indent=1).encode())
+                checkpoint.write_atomic(run_dir / PROGRESS, json.dumps(progress, indent=1).encode(), kept)
             distributed.barrier()
             finished[sc.name] = stage
         report = write_report(config, run_dir, finished, progress["results"], device) if main else {}
         plugins.hook.end_run(run=ctx, report=report)
         return report
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
+        held.close()
         distributed.shutdown()
 
 

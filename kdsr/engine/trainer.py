@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from kdsr.branches import Branch, capture, unique_modules
 from kdsr.engine import checkpoint, distributed
@@ -26,8 +26,9 @@ from kdsr.engine.build import Stage
 from kdsr.engine.context import RunContext
 from kdsr.engine.logger import RunLogger
 from kdsr.engine.schedule import make_optimizer, make_scheduler
-from kdsr.errors import NonFiniteLoss
+from kdsr.errors import KdsrError, NonFiniteLoss
 from kdsr.losses import Batch, Outputs
+from kdsr.progress import Progress
 
 log = logging.getLogger("kdsr")
 
@@ -42,7 +43,7 @@ class StageTrainer:
         patches: Any,
         hook: Any,
         logger: RunLogger,
-        evaluate: Callable[[dict[str, Branch]], dict[str, Any]],
+        evaluate: Callable[[dict[str, Branch], int], dict[str, Any]],  # (branches, step) -> results
     ) -> None:
         self.ctx, self.stage, self.cfg = ctx, stage, stage.config
         self.patches, self.hook, self.logger, self.evaluate = patches, hook, logger, evaluate
@@ -72,6 +73,7 @@ class StageTrainer:
             if self.cfg.ema
             else {}
         )
+        self.window = LogWindow()
 
     def _materialize_lazy(self, patches: Any) -> None:
         """Run the losses once on the first batch if any holds lazy modules (e.g. an adaptor
@@ -98,13 +100,22 @@ class StageTrainer:
         return {**self.modules, **self.loss_modules, **{f"ema.{n}": e for n, e in self.ema.items()}}
 
     def save(self, step: int) -> None:
+        """Checkpoint after ``step`` updates; refuses (NonFiniteLoss) if any weight or optimiser
+        statistic is NaN/inf, so every checkpoint on disk is one a resume can continue from."""
         if not distributed.is_main():
             return
+        optimizer = self.optimizer.state_dict()
+        tensors = checkpoint.collect(self._state_modules()).items()
+        moments = ((f"optimizer.{i}.{k}", v) for i, st in optimizer["state"].items() for k, v in st.items())
+        bad = checkpoint.first_nonfinite([*tensors, *moments])
+        if bad is not None:
+            raise self._diverged(step - 1, f"the update made '{bad}' non-finite")
         state = {
             "step": step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "rng": checkpoint.rng_state(),
+            "log_window": self.window.state(),
         }
         checkpoint.save(self.folder, step, self._state_modules(), state)
 
@@ -113,7 +124,14 @@ class StageTrainer:
         if found is None:
             return 0
         step, weights, state = found
+        bad = checkpoint.first_nonfinite(weights.items())
+        if bad is not None:  # written by a kdsr that did not check
+            raise KdsrError(
+                f"checkpoint of step {step} in '{self.folder}' holds non-finite weights ('{bad}'); delete its "
+                f"step-{step}.* files and latest.json to restart the stage, or rerun with --overwrite"
+            )
         checkpoint.restore(self._state_modules(), weights, str(self.folder))
+        self.window = LogWindow.from_state(state.get("log_window"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
@@ -163,20 +181,30 @@ class StageTrainer:
         values = distributed.mean_scalars(values, self.device)
         if not all(v == v and abs(v) != float("inf") for v in values.values()):
             bad = ", ".join(f"{k}={v}" for k, v in values.items())
-            raise NonFiniteLoss(
-                f"stage '{self.cfg.name}' step {step}: non-finite loss ({bad}); the last good checkpoint in "
-                f"'{self.folder}' is kept; lower the learning rate or enable grad_clip"
-            )
+            raise self._diverged(step, f"non-finite loss ({bad})")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         distributed.average_gradients(self.params)
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        norm = _grad_norm(self.params, self.cfg.grad_clip)
+        if not bool(torch.isfinite(norm)):  # a finite loss can still have a NaN/inf gradient
+            raise self._diverged(step, f"non-finite gradient (norm {float(norm)}); the weights were not updated")
         self.optimizer.step()
         self.scheduler.step()
         for name, ema in self.ema.items():
             ema.update_parameters(self.modules[name])
         return values
+
+    def _diverged(self, step: int, what: str) -> NonFiniteLoss:
+        """The one-line error for a diverged stage: names only a checkpoint that exists (all are
+        finite, see ``save``) and advice that fits (clipping cannot rescue Adam at a huge lr)."""
+        found = checkpoint.latest_weights(self.folder)
+        kept = f"the last checkpoint, '{found[1]}' (step {found[0]}), is finite and kept" if found else "no checkpoint was written yet"
+        index = next(i for i, s in enumerate(self.ctx.config.stages) if s.name == self.cfg.name)
+        return NonFiniteLoss(
+            f"stage '{self.cfg.name}' step {step}: {what}; training stopped and {kept}; lower "
+            f"stages.{index}.optimizer.lr (now {self.cfg.optimizer.lr:g}) or check the training data, then rerun "
+            f"(with --overwrite, or a new name=...)"
+        )
 
     # ------------------------------------------------------------------ loop
     def eval_branches(self) -> dict[str, Branch]:
@@ -197,9 +225,8 @@ class StageTrainer:
             m.train()
         start = self.restore() if resume else 0
         steps = self.cfg.steps
-        bar = tqdm(total=steps, initial=start, desc=f"train {self.cfg.name}", disable=None if distributed.is_main() else True)
-        t0, window = time.perf_counter(), 0
-        sums: dict[str, float] = {}
+        bar = Progress(steps, f"train {self.cfg.name}", "step", every_n=self.cfg.log_every, every_s=60.0, initial=start, enabled=distributed.is_main())
+        self.window.t0 = time.perf_counter()
         results: dict[str, Any] = {}
         for step in range(start, steps):
             self.hook.before_step(run=self.ctx, step=step)
@@ -207,17 +234,15 @@ class StageTrainer:
             values = self.train_step(lr.to(self.device), hr.to(self.device), step)
             self.hook.after_step(run=self.ctx, step=step, losses=values)
             done = step + 1
-            window += 1
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.update(1)
+            self.window.add(values)
             if done % self.cfg.log_every == 0 or done == steps:
-                elapsed = time.perf_counter() - t0
-                means = {k: v / window for k, v in sums.items()}  # mean over the logging window
-                record = {**means, "lr": self.optimizer.param_groups[0]["lr"], "s_per_step": elapsed / window}
+                means = self.window.means()  # mean over the logging window
+                record = {**means, "lr": self.optimizer.param_groups[0]["lr"], "s_per_step": self.window.elapsed() / self.window.steps}
                 self.logger.write("train", self.cfg.name, done, record)
-                bar.set_postfix(loss=f"{means['loss']:.4g}")
-                t0, window, sums = time.perf_counter(), 0, {}
+                bar.update(1, progress_values(means))
+                self.window = LogWindow()
+            else:
+                bar.update(1)
             if done % self.cfg.checkpoint_every == 0 or done == steps:
                 self.save(done)
             if self.cfg.eval_every and done % self.cfg.eval_every == 0 and done < steps:
@@ -227,7 +252,7 @@ class StageTrainer:
         return results
 
     def _eval(self, step: int) -> dict[str, Any]:
-        results = self.evaluate(self.eval_branches()) if distributed.is_main() else {}
+        results = self.evaluate(self.eval_branches(), step) if distributed.is_main() else {}
         distributed.barrier()
         if results:
             self.logger.write("eval", self.cfg.name, step, {"results": results})
@@ -241,6 +266,54 @@ class StageTrainer:
         for name, ema in self.ema.items():
             self.modules[name].load_state_dict(ema.module.state_dict())
         return self.stage.branches
+
+
+@dataclass
+class LogWindow:
+    """The steps since the last ``train`` record. Saved in every checkpoint, so a run resumed from
+    a step off the ``log_every`` grid logs the same means as the uninterrupted run."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0  # spent in this window by an earlier process (before a resume)
+    t0: float = field(default_factory=time.perf_counter)
+
+    def add(self, values: dict[str, float]) -> None:
+        self.steps += 1
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.steps for k, v in self.sums.items()}
+
+    def elapsed(self) -> float:
+        return self.seconds + time.perf_counter() - self.t0
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "steps": self.steps, "seconds": self.elapsed()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> LogWindow:
+        """``None`` (a checkpoint from before windows were saved) starts an empty window."""
+        if not state:
+            return cls()
+        return cls({k: float(v) for k, v in state["sums"].items()}, int(state["steps"]), float(state["seconds"]))
+
+
+def _grad_norm(params: list[nn.Parameter], clip: float | None) -> torch.Tensor:
+    """Total L2 norm of the gradients (before clipping them to ``clip``, if given)."""
+    if clip:
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    grads = [p.grad for p in params if p.grad is not None]
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.nn.utils.clip_grad_norm_(params, float("inf"))
+
+
+def progress_values(means: dict[str, float]) -> dict[str, float]:
+    """What a progress line shows: the total, then each weighted term (when there is more than one)."""
+    terms = {k: v for k, v in means.items() if k != "loss"}
+    return {"loss": means["loss"], **(terms if len(terms) > 1 else {})}
 
 
 def _fmt(sets: dict[str, dict[str, float]]) -> str:

@@ -5,13 +5,23 @@ backbone's checkpoints and official weights still load):
 
 * every ``nn.Conv2d`` becomes a ``SlicedConv2d``, which at width w uses ``weight[:int(C_out * w),
   :C_in_arriving]``: input channels follow whatever arrives, output channels are the leading
-  ``int(C_out * w)``. This is the official CSD slicing (methods.md 1.1) and it gives the right answer for
-  pixel-shuffle upsamplers (``r^2 * C`` -> ``r^2 * int(C * w)``, the first ``int(C * w)`` maps after the
-  shuffle) and RCAN's channel attention (squeeze ``C/16`` -> ``int(C/16 * w)``) without special cases;
+  ``int(C_out * w)``. This is the official CSD slicing (methods.md 1.1; CSD ``model/common.py``,
+  ``SlimModule`` and ``ResidualBlock.forward``), and it gives RCAN's channel attention (squeeze ``C/16`` ->
+  ``int(C/16 * w)``, CSD ``model/rcan.py``, ``CALayer.forward``) without special cases. Any width in
+  (0, 1] works; one that leaves a conv no output channel is an error naming the width and the conv;
+* a conv feeding a pixel shuffle of factor r keeps ``r^2 * int(C_out / r^2 * w)`` outputs, the first
+  ``int(C * w)`` maps after the shuffle (CSD ``model/common.py``, ``Upsampler.forward``: ``width * 4``,
+  not ``int(4 C w)``, which is not a multiple of 4 at w = 0.6 on 64 channels);
+* a conv fed by a single conv A whose input width it restores (full width: its ``C_out`` is A's ``C_in``;
+  an excite conv after its squeeze conv, the second conv of a residual block) outputs as many channels as
+  arrived at A, so a gate matches the map it multiplies (IMDN's attention over 4 x int(d w) distilled
+  channels, not int(4 d w)). Wherever ``int(C_out * w)`` already gives that count, nothing changes;
 * the convs whose output reaches the network output without passing another conv (the RGB tail, or
   IMDN's ``3 r^2`` upsampler conv) keep all their output channels; the RGB input is never sliced because
-  only 3 channels arrive. These convs are found by walking the autograd graph of one probe forward pass;
-* the network's class becomes a subclass with ``forward(x, width=1.0)`` and ``branch_params(width)``.
+  only 3 channels arrive. These convs, the shuffle feeders and the restoring convs are found by walking the
+  autograd graph of one probe forward pass;
+* the network's class becomes a subclass with ``forward(x, width=1.0)``, ``branch_params(width)``,
+  ``sliced_state(width)`` and ``to_plain(width)`` (the width-w branch as the narrow backbone, ``narrow.py``).
 
 Channel concatenations (CARN's cascades) are recorded during the probe pass (``torch.cat`` along the
 channel dim, through a ``TorchFunctionMode``); with ``concat_slicing="aligned"`` a conv that consumes a
@@ -26,13 +36,15 @@ normalisation, transposed or non-2D convolutions) are refused with an error that
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from kdsr import KdsrError
+from kdsr import KdsrError, PlainNetwork
+from kdsr_csd.narrow import BackboneSpec, narrow_network
 
 _CATS = (torch.cat, torch.concat, torch.concatenate)
 _SPLITS = (torch.split, torch.Tensor.split)
@@ -55,33 +67,56 @@ class WidthState:
     def __init__(self) -> None:
         self.width = 1.0
         self.split_channels = False  # the network splits channels into fixed-size parts (IMDN)
-        self.used: dict[nn.Module, int] | None = None  # set while counting the parameters a width uses
+        # conv -> the single conv feeding it whose input width it restores
+        self.restores: dict[nn.Module, nn.Module] = {}
+        # each conv's (weight, bias), set while recording the slices of one width
+        self.used: dict[nn.Module, tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
 
 class SlicedConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` that uses the leading slice of its weight at its network's active width."""
 
     _cssr: WidthState
+    cssr_name: str  # the conv's module path, for error messages
     fixed_out: bool  # output channels are never sliced (the conv writes the RGB output)
+    out_unit: int  # output channels come in whole units of this size (r^2 before a pixel shuffle)
     in_parts: tuple[int, ...] | None  # full-width channel counts of the concatenated parts of its input
     aligned: bool  # slice each concatenated part, not the whole input
+    arrived: int  # input channels of the latest narrow call (read by the conv that restores this width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self._cssr
         if state.width == 1.0:
             weight, bias = self.weight, self.bias
         else:
+            self.arrived = x.shape[1]
             weight, bias = self.sliced(x.shape[1], state.width)
         if state.used is not None:
-            state.used[self] = weight.numel() + (bias.numel() if bias is not None else 0)
+            state.used[self] = (weight, bias)
         return self._conv_forward(x, weight, bias)
+
+    def out_width(self, width: float) -> int:
+        """Output channels at ``width`` (see the module docstring)."""
+        if self.fixed_out:
+            return self.out_channels
+        source = self._cssr.restores.get(self)
+        if source is not None:
+            return source.arrived
+        c_out = self.out_unit * int(self.out_channels // self.out_unit * width)
+        if c_out == 0:
+            least = math.ceil(self.out_unit / self.out_channels * 1e4) / 1e4  # rounded up: it keeps a channel
+            raise KdsrError(
+                f"width {width} leaves no output channel in conv '{self.cssr_name}' ({self.out_channels} at full "
+                f"width); use a width of at least {least:g}"
+            )
+        return c_out
 
     def sliced(self, c_in: int, width: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and bias for ``c_in`` arriving channels at ``width``."""
-        c_out = self.out_channels if self.fixed_out else int(self.out_channels * width)
+        c_out = self.out_width(width)
         if c_out < self.groups or c_out % self.groups or c_in % self.groups:
             raise KdsrError(
-                f"width {width}: a conv with {self.out_channels} outputs and {self.groups} groups gets "
+                f"width {width}: conv '{self.cssr_name}' with {self.out_channels} outputs and {self.groups} groups gets "
                 f"{c_out} outputs and {c_in} inputs, which do not fit; choose a width that keeps whole channel groups"
             )
         weight = self.weight[:c_out]
@@ -107,9 +142,11 @@ class SlicedConv2d(nn.Conv2d):
 
 
 class CSSRNet:
-    """Mixin put in front of the backbone's class: a width-switchable forward and per-width parameter counts."""
+    """Mixin put in front of the backbone's class: a width-switchable forward, per-width parameter counts and
+    slices, and each width as a plain network."""
 
     _cssr: WidthState
+    cssr_spec: BackboneSpec | None  # the registered backbone it was built from (set by the ``cssr`` constructor)
 
     def forward(self, x: torch.Tensor, width: float = 1.0) -> Any:
         """The backbone's forward with every conv sliced to ``width`` (1.0: the full network)."""
@@ -129,17 +166,47 @@ class CSSRNet:
         """Parameters the network uses at ``width``: the conv slices a probe pass touches, plus every other
         parameter (e.g. RCAN's trainable mean shift)."""
         module: nn.Module = self  # type: ignore[assignment]
+        used = sum(t.numel() for pair in self._slices(width).values() for t in pair if t is not None)
+        sliced = {id(p) for m in module.modules() if isinstance(m, SlicedConv2d) for p in m.parameters(recurse=False)}
+        others = sum(p.numel() for p in {id(p): p for p in module.parameters()}.values() if id(p) not in sliced)
+        return used + others
+
+    def sliced_state(self, width: float) -> dict[str, torch.Tensor]:
+        """The state dict of the width-``width`` network: each conv's slice a probe pass uses (a conv the
+        pass does not run keeps its full tensors), every other tensor as it is."""
+        module: nn.Module = self  # type: ignore[assignment]
+        slices = self._slices(width)
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        for name, conv in module.named_modules():
+            if conv in slices:
+                weight, bias = slices[conv]
+                state[f"{name}.weight"] = weight.detach().clone()
+                if bias is not None:
+                    state[f"{name}.bias"] = bias.detach().clone()
+        return state
+
+    def to_plain(self, width: float = 1.0) -> PlainNetwork:
+        """The width-``width`` branch as its backbone built at the narrow width with the sliced weights
+        (EDSR n_feats 64 at w0.25: EDSR n_feats 16); see ``kdsr_csd.narrow``."""
+        spec = getattr(self, "cssr_spec", None)
+        if spec is None:
+            raise KdsrError(
+                f"{type(self).__name__} does not know the registered backbone it was built from; build it with the "
+                f"'cssr' student constructor to export its branches"
+            )
+        return narrow_network(self, spec, width)  # type: ignore[arg-type]
+
+    def _slices(self, width: float) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor | None]]:
+        """The (weight, bias) each conv uses in one probe pass at ``width``."""
+        module: nn.Module = self  # type: ignore[assignment]
         state = self._cssr
         state.used = {}
         try:
             with torch.no_grad():
                 self.forward(_probe_input(module), width)
-            used = state.used
+            return state.used
         finally:
             state.used = None
-        sliced = {id(p) for m in module.modules() if isinstance(m, SlicedConv2d) for p in m.parameters(recurse=False)}
-        others = sum(p.numel() for p in {id(p): p for p in module.parameters()}.values() if id(p) not in sliced)
-        return sum(used.values()) + others
 
 
 _CLASSES: dict[type, type] = {}
@@ -152,8 +219,10 @@ def slim_class(cls: type) -> type:
     return _CLASSES[cls]
 
 
-def make_slimmable(net: nn.Module, concat_slicing: str = "prefix") -> nn.Module:
-    """Turn ``net`` into a CSSR-Net in place (same parameters, same names) and return it."""
+def make_slimmable(net: nn.Module, concat_slicing: str = "prefix", spec: BackboneSpec | None = None) -> nn.Module:
+    """Turn ``net`` into a CSSR-Net in place (same parameters, same names) and return it.
+
+    ``spec``: the registered backbone, options and scale that built ``net`` (needed by ``to_plain``)."""
     if concat_slicing not in ("prefix", "aligned"):
         raise ValueError(f"concat_slicing must be 'prefix' (official) or 'aligned', got {concat_slicing!r}")
     if isinstance(net, CSSRNet):
@@ -168,15 +237,18 @@ def make_slimmable(net: nn.Module, concat_slicing: str = "prefix") -> nn.Module:
     if custom:
         raise KdsrError(f"CSSR-Net slices plain nn.Conv2d layers; {type(net).__name__} has custom conv classes {', '.join(custom)}")
     state = WidthState()
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    named = {m: n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    convs = list(named)
     if not convs:
         raise KdsrError(f"{type(net).__name__} has no nn.Conv2d to slice")
     for conv in convs:
         conv.__class__ = SlicedConv2d
         conv._cssr = state
-        conv.fixed_out, conv.in_parts, conv.aligned = False, None, concat_slicing == "aligned"
+        conv.cssr_name, conv.fixed_out, conv.out_unit = named[conv], False, 1
+        conv.in_parts, conv.aligned, conv.arrived = None, concat_slicing == "aligned", conv.in_channels
     net.__class__ = slim_class(type(net))
     net._cssr = state
+    net.cssr_spec = spec
     _probe(net, convs, state)
     return net
 
@@ -190,7 +262,8 @@ def _probe_input(net: nn.Module) -> torch.Tensor:
 
 
 def _probe(net: nn.Module, convs: list[nn.Conv2d], state: WidthState) -> None:
-    """One full-width forward pass: which convs write the output, which read concatenations, any splits."""
+    """One full-width forward pass: which convs write the output, feed a pixel shuffle, restore the input
+    width of the conv feeding them, or read concatenations; any channel splits."""
     recorder = _Recorder()
     handles = [c.register_forward_pre_hook(recorder.conv_input) for c in convs]
     try:
@@ -200,16 +273,28 @@ def _probe(net: nn.Module, convs: list[nn.Conv2d], state: WidthState) -> None:
         for h in handles:
             h.remove()
     state.split_channels = recorder.split_channels
+    by_weight = {id(c.weight): c for c in convs}
     for conv in convs:
         conv.in_parts = recorder.conv_parts.get(conv)
-    for conv in _output_convs(out, convs):
+        feeders = _feeding_convs(recorder.conv_inputs.get(conv, []), by_weight)
+        if len(feeders) == 1:
+            (source,) = feeders
+            if source is not conv and conv.out_channels == source.in_channels:
+                state.restores[conv] = source
+    for shuffled, factor in recorder.shuffles:
+        for conv in _feeding_convs([shuffled], by_weight):
+            conv.out_unit = factor * factor
+            state.restores.pop(conv, None)
+    tensors = [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
+    found = _feeding_convs(tensors, by_weight)
+    if not found:
+        raise KdsrError("could not find the output convolution of the backbone (its output has no autograd graph)")
+    for conv in found:
         conv.fixed_out = True
 
 
-def _output_convs(out: Any, convs: list[nn.Conv2d]) -> set[nn.Conv2d]:
-    """Convs reached from the output's autograd graph without passing through another of the convs."""
-    by_weight = {id(c.weight): c for c in convs}
-    tensors = [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
+def _feeding_convs(tensors: list[torch.Tensor], by_weight: dict[int, nn.Conv2d]) -> set[nn.Conv2d]:
+    """Convs reached from the tensors' autograd graph without passing through another of the convs."""
     stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
     seen, found = set(), set()
     while stack:
@@ -222,8 +307,6 @@ def _output_convs(out: Any, convs: list[nn.Conv2d]) -> set[nn.Conv2d]:
             found.add(conv)
             continue
         stack.extend(n for n, _ in node.next_functions if n is not None)
-    if not found:
-        raise KdsrError("could not find the output convolution of the backbone (its output has no autograd graph)")
     return found
 
 
@@ -243,12 +326,15 @@ def _channel_dim(args: tuple, kwargs: dict, tensor: torch.Tensor, position: int)
 
 
 class _Recorder(TorchFunctionMode):
-    """Records channel concatenations (flattening nested ones) and whether channels are split."""
+    """Records channel concatenations (flattening nested ones), conv inputs, pixel shuffles and whether
+    channels are split."""
 
     def __init__(self) -> None:
         super().__init__()
         self.parts: dict[int, tuple[torch.Tensor, tuple[int, ...]]] = {}  # id(cat output) -> (output, parts)
         self.conv_parts: dict[nn.Module, tuple[int, ...]] = {}
+        self.conv_inputs: dict[nn.Module, list[torch.Tensor]] = {}  # every call's input (shared modules run often)
+        self.shuffles: list[tuple[torch.Tensor, int]] = []  # (input, upscale factor) of each pixel shuffle
         self.split_channels = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch protocol
@@ -263,9 +349,13 @@ class _Recorder(TorchFunctionMode):
                 self.parts[id(out)] = (out, tuple(parts))  # keeps `out` alive, so its id stays unique
         elif func in _SPLITS and _channel_dim(args, kwargs, args[0], 2):
             self.split_channels = True
+        elif func is torch.pixel_shuffle:
+            factor = args[1] if len(args) > 1 else kwargs["upscale_factor"]
+            self.shuffles.append((args[0] if args else kwargs["input"], int(factor)))
         return out
 
     def conv_input(self, conv: nn.Module, inputs: tuple) -> None:
+        self.conv_inputs.setdefault(conv, []).append(inputs[0])
         found = self.parts.get(id(inputs[0]))
         if found is not None:
             self.conv_parts[conv] = found[1]

@@ -11,6 +11,7 @@ from kdsr import Branch, KdsrError
 from kdsr.plugins import registry
 from kdsr.weights import load_weights
 
+from kdsr_csd.narrow import BackboneSpec
 from kdsr_csd.slim import make_slimmable
 
 
@@ -35,6 +36,8 @@ def cssr(
     a pre-trained teacher, so every width starts from the teacher's leading channels. Branch ``w<width>``
     calls the shared network with ``width=<width>``. ``concat_slicing``: ``prefix`` (official) or
     ``aligned`` for convs that read channel concatenations (CARN). The stage's ``teacher`` is not used.
+    The network records ``backbone``/``options``/``scale``, so each branch exports as the plain backbone
+    built at its width (``net.to_plain(width=w)``).
     """
     if not widths:
         raise ValueError("cssr needs at least one width")
@@ -49,7 +52,7 @@ def cssr(
     if weights is not None:
         on_meta = any(p.is_meta for p in net.parameters())
         load_weights(net, weights, entry.extra.get("load_official"), check_only=on_meta)
-    make_slimmable(net, concat_slicing)
+    make_slimmable(net, concat_slicing, BackboneSpec(backbone, dict(options or {}), scale))
     for w in widths:  # a probe pass per width: a width that does not fit fails here, not mid-training
         try:
             net.branch_params(w)

@@ -16,7 +16,7 @@ See the plugin README for what is from the paper and what is our reading.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from kdsr import Batch, KdsrError, Loss, Needs, Outputs
 from kdsr_facd.adaptor import make_adaptor
 from kdsr_facd.contrast import distance_ratio, distil_mask, embed, info_nce
 from kdsr_facd.taps import DEFAULT_TAPS, tap_pairs
+
+if TYPE_CHECKING:
+    from kdsr.config import RunConfig, StageConfig
 
 
 
@@ -58,6 +61,11 @@ class FACD(Loss):
         if self.form == "infonce":
             return info_nce(anchor, positive, negatives, self.temperature)
         return distance_ratio(anchor, positive, negatives)
+
+    def check_config(self, config: RunConfig, stage: StageConfig) -> None:
+        """Refuse a batch of one before the run starts (the negatives are the other patches of the batch)."""
+        if config.data.batch_size < 2:
+            raise ValueError(f"needs data.batch_size >= 2 (the negatives are the other patches of the batch), got {config.data.batch_size}")
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: Batch) -> torch.Tensor:
         assert teacher is not None

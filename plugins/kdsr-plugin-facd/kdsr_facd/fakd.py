@@ -34,25 +34,31 @@ from torch.utils.checkpoint import checkpoint
 from kdsr import Batch, Loss, Needs, Outputs
 from kdsr_facd.taps import tap_pairs
 
-EPS = 1e-7  # added to the per-position norm, as in the official ``spatial_similarity``
+# Added to the per-position norm: 1e-8 in the official ``spatial_similarity`` of the version that has the
+# pooled ``PSA`` variant (``code/feature_transformation.py`` @ 4e4f747); an earlier version (@ 1ed28d9) added 1e-7.
+EPS = 1e-8
 # Official taps: RCAN after residual groups 2 and 6 and the body-tail conv. The official forward adds the
 # global skip in place (``res += x``) after storing that last map, so the third feature it distils is
 # body + head, i.e. kdsr's ``upsampler.in``.
 DEFAULT_TAPS = ("body.2", "body.6", "upsampler.in")
 
 
-def normalise_positions(feat: torch.Tensor, pool_size: int = 1, pool_type: Literal["max", "avg"] = "max") -> torch.Tensor:
-    """N x C x H x W -> N x C x HW with each spatial column scaled to unit L2 norm (after optional pooling)."""
+def normalise_positions(
+    feat: torch.Tensor, pool_size: int = 1, pool_type: Literal["max", "avg"] = "max", eps: float = EPS
+) -> torch.Tensor:
+    """N x C x H x W -> N x C x HW with each spatial column divided by its L2 norm + ``eps`` (after optional pooling)."""
     if pool_size > 1:
         pool = F.max_pool2d if pool_type == "max" else F.avg_pool2d
         feat = pool(feat, pool_size, stride=pool_size, ceil_mode=True)
     flat = feat.flatten(2)
-    return flat / (flat.norm(dim=1, keepdim=True) + EPS)
+    return flat / (flat.norm(dim=1, keepdim=True) + eps)
 
 
-def spatial_affinity(feat: torch.Tensor, pool_size: int = 1, pool_type: Literal["max", "avg"] = "max") -> torch.Tensor:
+def spatial_affinity(
+    feat: torch.Tensor, pool_size: int = 1, pool_type: Literal["max", "avg"] = "max", eps: float = EPS
+) -> torch.Tensor:
     """N x HW x HW cosine similarities between all pairs of positions (materialises the whole matrix)."""
-    unit = normalise_positions(feat, pool_size, pool_type)
+    unit = normalise_positions(feat, pool_size, pool_type, eps)
     return unit.transpose(1, 2) @ unit
 
 
@@ -68,10 +74,11 @@ def affinity_l1(
     pool_size: int = 1,
     pool_type: Literal["max", "avg"] = "max",
     images_per_chunk: int = 1,
+    eps: float = EPS,
 ) -> torch.Tensor:
     """mean |A_S - A_T| over N x HW x HW, computed ``images_per_chunk`` images at a time."""
-    unit_s = normalise_positions(student, pool_size, pool_type)
-    unit_t = normalise_positions(teacher, pool_size, pool_type)
+    unit_s = normalise_positions(student, pool_size, pool_type, eps)
+    unit_t = normalise_positions(teacher, pool_size, pool_type, eps)
     n, _, hw = unit_s.shape
     total = unit_s.new_zeros(())
     for i in range(0, n, images_per_chunk):
@@ -96,17 +103,19 @@ class FAKD(Loss):
         pool_type: Literal["max", "avg"],
         images_per_chunk: int,
         rgb_range: float,
+        eps: float = EPS,
     ) -> None:
         super().__init__()
         self.student_taps, self.teacher_taps = tap_pairs(student_taps, teacher_taps)
         self.needs = Needs(teacher=True, student_taps=self.student_taps, teacher_taps=self.teacher_taps)
         self.alpha, self.beta, self.rgb_range = alpha, beta, rgb_range
         self.pool_size, self.pool_type, self.images_per_chunk = pool_size, pool_type, images_per_chunk
+        self.eps = eps
 
     def affinity_term(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
         """sum over taps of mean |A_S - A_T| (before the weight beta)."""
         terms = [
-            affinity_l1(student.taps[s], teacher.taps[t], self.pool_size, self.pool_type, self.images_per_chunk)
+            affinity_l1(student.taps[s], teacher.taps[t], self.pool_size, self.pool_type, self.images_per_chunk, self.eps)
             for s, t in zip(self.student_taps, self.teacher_taps)
         ]
         return torch.stack(terms).sum()
@@ -130,12 +139,14 @@ def fakd(
     pool_type: Literal["max", "avg"] = "max",
     images_per_chunk: int = 1,
     rgb_range: float = 255.0,
+    eps: float = EPS,
 ) -> Loss:
     """FAKD (He et al. 2020): (1-a)L1(S,HR) + a*L1(S,T) + b*sum_taps L1 of spatial affinities; a 0.5, b 10.
 
     ``pool_size`` > 1 is the official pooled affinity (PSA, ``pool_type`` max or avg);
     ``images_per_chunk`` bounds memory (one chunk's (HW)^2 affinities at a time); the affinity term is
     weighted ``beta / rgb_range`` because the official pixel terms are on [0, 255] images and kdsr's on [0, 1].
+    ``eps`` is added to each position's norm: 1e-8 as the official code with PSA, 1e-7 as its earlier version.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -143,4 +154,6 @@ def fakd(
         raise ValueError("pool_size and images_per_chunk must be >= 1")
     if rgb_range <= 0:
         raise ValueError(f"rgb_range must be > 0, got {rgb_range}")
-    return FAKD(student_taps, teacher_taps, alpha, beta, pool_size, pool_type, images_per_chunk, rgb_range)
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    return FAKD(student_taps, teacher_taps, alpha, beta, pool_size, pool_type, images_per_chunk, rgb_range, eps)

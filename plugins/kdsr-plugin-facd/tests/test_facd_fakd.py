@@ -37,7 +37,7 @@ def ref_affinity_l1(fs: torch.Tensor, ft: torch.Tensor, k: int = 1, kind: str = 
         for f in (fs[i], ft[i]):
             f = ref_pool(f, k, kind) if k > 1 else f
             cols = f.reshape(f.shape[0], -1)
-            unit = cols / (torch.sqrt((cols**2).sum(dim=0)) + 1e-7)
+            unit = cols / (torch.sqrt((cols**2).sum(dim=0)) + 1e-8)  # official eps
             mats.append(torch.einsum("cp,cq->pq", unit, unit))
         total = total + (mats[0] - mats[1]).abs().sum()
         count += mats[0].numel()

@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from kdsr import Tap, capture, feature_taps, is_tapped
+from kdsr import KdsrError, PlainNetwork, Tap, capture, feature_taps, is_tapped
 
 _BODY_TAP = re.compile(r"body\.(\d+)")
 
@@ -71,7 +72,16 @@ def default_taps(backbone: nn.Module) -> list[str]:
 class HeadedSR(nn.Module):
     """A backbone plus HKDSR intermediate SR heads at named backbone taps."""
 
-    def __init__(self, backbone: nn.Module, scale: int, taps: Sequence[str] | None = None, backbone_name: str | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        scale: int,
+        taps: Sequence[str] | None = None,
+        backbone_name: str | None = None,
+        backbone_options: dict[str, Any] | None = None,
+    ) -> None:
+        """``backbone_name``/``backbone_options``: the registered backbone and options that built ``backbone``
+        (known for a new backbone, not for a copy of a teacher); ``to_plain`` needs them."""
         super().__init__()
         if not hasattr(backbone, "add_mean"):
             raise ValueError(
@@ -85,6 +95,7 @@ class HeadedSR(nn.Module):
                 raise ValueError(f"{type(backbone).__name__} has no tap '{name}'; its taps: {', '.join(declared)}")
         self.backbone = backbone
         self.backbone_name = backbone_name
+        self.backbone_options = dict(backbone_options or {})
         self.scale = scale
         self.taps = taps
         self.rgb_range = float(getattr(backbone, "rgb_range", 1.0))
@@ -117,6 +128,16 @@ class HeadedSR(nn.Module):
         for tap, head in zip(self.taps, self.heads):
             head(feats[tap], feats["head"], self.to_image)
         return sr
+
+    def to_plain(self) -> PlainNetwork:
+        """The deployable network: the backbone with its weights, the heads (training only) dropped."""
+        if self.backbone_name is None:
+            raise KdsrError(
+                f"this HKDSR network wraps a copy of the stage's teacher ({type(self.backbone).__name__}), whose registered "
+                f"backbone it does not know; load its final weights as that backbone with `weights:` instead"
+            )
+        state = {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
+        return PlainNetwork(self.backbone_name, dict(self.backbone_options), self.scale, state)
 
     def branch_params(self) -> int:
         """Parameters used at inference (kdsr's reports): the backbone's; the heads only serve training."""

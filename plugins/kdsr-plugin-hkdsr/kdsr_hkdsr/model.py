@@ -8,6 +8,10 @@
   final.safetensors``: ``backbone.*`` + ``heads.*``) loads in another run with ``weights:``; a plain
   checkpoint of the inner backbone (e.g. official ``RCAN_BIX4.pt``) also loads, the heads keeping
   their initialisation.
+
+Either network exports as its plain backbone (``HeadedSR.to_plain``: the heads only serve training), and
+a run's final weights of the student (``student.backbone.*`` + ``student.heads.*``) load as that backbone
+with ``weights:`` (``kdsr.weights.strip_run_prefix`` takes the backbone's keys out of the file).
 """
 
 from __future__ import annotations
@@ -49,14 +53,14 @@ def hkdsr_student(
     else:
         net = _build_backbone(backbone, options, scale)
     net.train().requires_grad_(not freeze_backbone)
-    return {name: Branch(HeadedSR(net, scale, heads, backbone_name=backbone))}
+    return {name: Branch(HeadedSR(net, scale, heads, backbone_name=backbone, backbone_options=options))}
 
 
 def hkdsr_backbone(
     scale: int, backbone: str = "rcan", options: dict[str, Any] | None = None, heads: list[str] | None = None
 ) -> HeadedSR:
     """A registered backbone with HKDSR intermediate SR heads (to load a saved HKDSR teacher by name)."""
-    return HeadedSR(_build_backbone(backbone, options, scale), scale, heads, backbone_name=backbone)
+    return HeadedSR(_build_backbone(backbone, options, scale), scale, heads, backbone_name=backbone, backbone_options=options)
 
 
 def load_official(module: HeadedSR, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ import importlib
 
 from kdsr import hookimpl
 
-ARCHITECTURES = ("edsr", "rcan", "carn", "swinir", "imdn")
+ARCHITECTURES = ("edsr", "rcan", "carn", "csd_carn", "swinir", "imdn")
 KDSR_PLUGIN_API = 1  # the kdsr plugin API this plugin targets (kdsr.PLUGIN_API)
 
 

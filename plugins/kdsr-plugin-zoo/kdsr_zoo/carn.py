@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsr import KdsrError, Tap
+from kdsr import Channels, Count, KdsrError, Tap
+from kdsr_zoo.common import cascade, cascade_taps, fill_mean_shift
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -146,16 +147,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blocks = (self.b1, self.b1, self.b1) if self.mobile else (self.b1, self.b2, self.b3)
-        return _cascade(x, blocks, (self.c1, self.c2, self.c3))
-
-
-def _cascade(x: torch.Tensor, blocks: Sequence[nn.Module], fusions: Sequence[nn.Module]) -> torch.Tensor:
-    """o_0 = x; stack_i = [stack_{i-1}, block_i(o_{i-1})]; o_i = fusion_i(stack_i)."""
-    stack = out = x
-    for block, fuse in zip(blocks, fusions):
-        stack = torch.cat([stack, block(out)], dim=1)
-        out = fuse(stack)
-    return out
+        return cascade(x, blocks, (self.c1, self.c2, self.c3))
 
 
 class CARN(nn.Module):
@@ -183,7 +175,7 @@ class CARN(nn.Module):
         if n_feats % group:
             raise KdsrError(f"CARN: n_feats ({n_feats}) must be divisible by group ({group})")
         c = n_feats
-        self.scale, self.multi_scale = scale, multi_scale
+        self.scale, self.multi_scale, self.mobile = scale, multi_scale, mobile
         self.sub_mean = MeanShift(DIV2K_MEAN, sub=True)
         self.add_mean = MeanShift(DIV2K_MEAN, sub=False)
         self.entry = nn.Conv2d(3, c, 3, padding=1)
@@ -194,21 +186,34 @@ class CARN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.entry(self.sub_mean(x))
-        x = _cascade(x, (self.b1, self.b2, self.b3), (self.c1, self.c2, self.c3))
+        x = cascade(x, (self.b1, self.b2, self.b3), (self.c1, self.c2, self.c3))
         return self.add_mean(self.exit(self.upsample(x)))
 
     def feature_taps(self) -> dict[str, Tap]:
-        taps = {"head": Tap(self.entry)}
-        taps.update({f"body.{i}": Tap(fuse) for i, fuse in enumerate((self.c1, self.c2, self.c3))})
-        taps["body"] = Tap(self.c3)
-        taps["upsampler.in"] = Tap(self.upsample, kind="input")
-        taps["sr"] = Tap(self)
-        return taps
+        return cascade_taps(self, self.entry, (self.c1, self.c2, self.c3), self.upsample)
+
+
+# Keys only one CARN variant's files hold, to name the right backbone when a file is loaded into another.
+_VARIANT_MARKERS = {
+    "carn": "b1.b2.body.0.weight",  # three distinct residual blocks per cascading block
+    "carn_m": "b1.b1.body.4.weight",  # one shared efficient residual block, ending in a 1x1 conv
+    "csd_carn": "b1.b1.conv1.weight",  # CSD's re-implementation (ResidualBlock conv1/conv2)
+}
+
+
+def check_variant(name: str, state: dict[str, torch.Tensor]) -> None:
+    """A file of another CARN variant is a one-line error naming the backbone that loads it
+    (e.g. CARN-M weights given to ``carn``: use ``carn_m``), not a list of mismatching keys."""
+    found = [v for v, key in _VARIANT_MARKERS.items() if key in state]
+    if found and name not in found:
+        raise KdsrError(f"these are {found[0]} weights, not {name} weights; use backbone '{found[0]}'")
 
 
 def load_official(module: CARN, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CARN-pytorch checkpoint -> this module: a multi-scale file's ``upsample.up{scale}`` becomes
-    ``upsample.up`` of a single-scale model (the other scales' upsamplers are dropped on purpose)."""
+    ``upsample.up`` of a single-scale model (the other scales' upsamplers are dropped on purpose).
+    A file of another CARN variant (CARN / CARN-M / CSD's CARN) is refused naming the right backbone."""
+    check_variant("carn_m" if module.mobile else "carn", state)
     state = dict(state)
     prefix = f"upsample.up{module.scale}."
     if not module.multi_scale and any(k.startswith(prefix) for k in state):
@@ -217,19 +222,15 @@ def load_official(module: CARN, state: dict[str, torch.Tensor]) -> dict[str, tor
             for k, v in state.items()
             if k.startswith(prefix) or not k.startswith("upsample.up")
         }
-    own = module.state_dict()
-    for key in own:  # files without the frozen mean-shift tensors use the module's own
-        if key.startswith(("sub_mean.", "add_mean.")) and key not in state:
-            state[key] = own[key].clone()
-    return state
+    return fill_mean_shift(module, state)
 
 
-def carn(scale: int, n_feats: int = 64, multi_scale: bool = False) -> CARN:
+def carn(scale: int, n_feats: Channels = 64, multi_scale: bool = False) -> CARN:
     """CARN (Ahn et al. 2018): 3 cascading blocks of 3 residual blocks, 64 channels; x2/x3/x4/x8."""
     return CARN(scale, mobile=False, n_feats=n_feats, group=1, multi_scale=multi_scale)
 
 
-def carn_m(scale: int, n_feats: int = 64, group: int = 4, multi_scale: bool = False) -> CARN:
+def carn_m(scale: int, n_feats: Channels = 64, group: Count = 4, multi_scale: bool = False) -> CARN:
     """CARN-M (Ahn et al. 2018): mobile CARN with shared grouped efficient residual blocks; x2/x3/x4/x8."""
     return CARN(scale, mobile=True, n_feats=n_feats, group=group, multi_scale=multi_scale)
 

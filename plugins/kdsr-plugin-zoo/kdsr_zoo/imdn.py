@@ -23,7 +23,7 @@ import re
 import torch
 from torch import nn
 
-from kdsr import KdsrError, Tap
+from kdsr import Channels, Count, Fraction, KdsrError, Tap
 
 SCALES = (2, 3, 4)  # official IMDN checkpoints: x2, x3, x4 (IMDN_RTC: x2)
 NEG_SLOPE = 0.05  # LeakyReLU slope used throughout the reference
@@ -206,7 +206,7 @@ def _check(name: str, scale: int, nf: int, num_modules: int, distillation_rate: 
         )
 
 
-def imdn(scale: int, nf: int = 64, num_modules: int = 6, distillation_rate: float = 0.25) -> IMDN:
+def imdn(scale: int, nf: Channels = 64, num_modules: Count = 6, distillation_rate: Fraction = 0.25) -> IMDN:
     """IMDN lightweight SR (6 IMDB modules, 64 channels, distillation rate 1/4), x2/x3/x4.
 
     Defaults are the reference's ``architecture.IMDN`` used for the official x2/x3/x4 checkpoints.
@@ -215,7 +215,7 @@ def imdn(scale: int, nf: int = 64, num_modules: int = 6, distillation_rate: floa
     return IMDN(scale, nf, num_modules, distillation_rate)
 
 
-def imdn_rtc(scale: int, nf: int = 12, num_modules: int = 5) -> IMDN_RTC:
+def imdn_rtc(scale: int, nf: Channels = 12, num_modules: Count = 5) -> IMDN_RTC:
     """IMDN_RTC real-time SR (5 attention-free IMDB modules, 12 channels), x2/x3/x4 (official weights: x2).
 
     Defaults are the reference's ``architecture.IMDN_RTC`` (checkpoint ``model_RTC.pth``, x2).

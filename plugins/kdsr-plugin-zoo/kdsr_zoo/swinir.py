@@ -8,11 +8,17 @@ official ``params``/``params_ema`` checkpoints load strictly after one conversio
 * Residual Swin Transformer blocks (RSTB) take and return N x C x H x W feature maps rather than token
   sequences, so that every feature tap has the same layout as in the convolutional backbones. The
   reference flattens to tokens and back around each RSTB's convolution; the arithmetic is identical.
-* The input is padded inside ``forward`` to a multiple of the window size and the output cropped
-  back, so any LR size works. The reference leaves this to its test script, which mirrors the image
-  at the bottom/right edge; the same mirroring is used here. (That script always pads by 1..window
-  pixels, even when the size is already a multiple; here an aligned input is not padded at all, as
-  during training, so results on aligned test images can differ from the script's in the last digits.)
+* The input is padded inside ``forward`` and the output cropped back, so any LR size works. In eval
+  mode this is exactly the padding of ``main_test_swinir.py`` (``process_img``), the script that produced
+  the published numbers: it mirrors the image at the bottom/right edge (``cat([x, flip(x)])``, edge
+  row repeated) by ``window - size % window`` pixels, i.e. 1..window pixels, a full window even when the
+  size is already a multiple. In training mode the input is padded only up to the next multiple (none
+  for the aligned training patches, which is what the reference trainer feeds the network). The
+  module's own ``SwinIR.check_image_size`` (``models/network_swinir.py``) reflect-pads (edge row not
+  repeated) up to the next multiple only; in the published pipeline it never acts, because the script's
+  input is already aligned, and kdsr does not use it. The padded border changes the output near the
+  bottom/right edges (windows and shifted-window masks see it), so aligned test images need the
+  script's padding to give the script's numbers.
 
 The shifted-window attention mask depends only on the padded feature size, so it is computed per
 forward pass instead of being stored for one training patch size as the reference does.
@@ -30,7 +36,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from kdsr import KdsrError, Tap
+from kdsr import Channels, Count, KdsrError, Positive, Tap
 
 
 def _timm_layers():
@@ -72,11 +78,15 @@ def shifted_window_mask(height: int, width: int, window_size: int, shift: int, d
     return torch.zeros(different.shape, device=device).masked_fill(different, MASK_VALUE)
 
 
-def pad_mirror(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad H and W up to a multiple by mirroring the last rows/columns (edge repeated), like the
-    reference test script's ``cat([x, flip(x)])``; also correct when the padding exceeds the size."""
+def pad_mirror(x: torch.Tensor, multiple: int, always: bool = False) -> torch.Tensor:
+    """Pad H and W to a multiple by mirroring the last rows/columns (edge repeated), like the
+    reference test script's ``cat([x, flip(x)])``; also correct when the padding exceeds the size.
+
+    ``always``: pad by ``multiple - size % multiple`` (1..multiple, a full window on aligned sizes), as
+    ``main_test_swinir.py`` does; otherwise only up to the next multiple.
+    """
     h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
+    ph, pw = (multiple - h % multiple, multiple - w % multiple) if always else (-h % multiple, -w % multiple)
     if ph:
         x = x.index_select(-2, _mirror_index(h, h + ph, x.device))
     if pw:
@@ -223,8 +233,10 @@ class SwinIR(nn.Module):
     """SwinIR for bicubic SR: shallow conv, RSTBs with a global skip, pixel-shuffle reconstruction.
 
     Input and output are RGB in [0, 1]; the DIV2K mean is subtracted inside, as in the reference.
-    Any LR size works: the input is mirror-padded to a multiple of ``window_size`` and the output
-    cropped to exactly ``scale`` times the input.
+    Any LR size works: the input is mirror-padded to a multiple of ``window_size`` (in eval mode by
+    1..``window_size`` pixels as ``main_test_swinir.py`` does, see the module docstring) and the output
+    cropped to exactly ``scale`` times the input. Tiled inference changes the output (windows and
+    padding follow the tile, not the image), which ``tiles_change_output`` declares to ``kdsr.tiling``.
 
     Feature taps, all N x ``embed_dim`` x h x w at the LR size. The network computes on the input
     padded to a multiple of ``window_size``; each tap is the LR-sized region of that feature (the
@@ -254,6 +266,7 @@ class SwinIR(nn.Module):
         self.scale = scale
         self.window_size = window_size
         self.upsampler = upsampler
+        self.tiles_change_output = "shifted-window attention over windows aligned to the input's corner"
         self.register_buffer("mean", torch.tensor(RGB_MEAN).view(1, 3, 1, 1), persistent=False)
 
         self.conv_first = nn.Conv2d(3, embed_dim, 3, 1, 1)
@@ -300,7 +313,7 @@ class SwinIR(nn.Module):
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         h, w = lr.shape[-2:]
         taps = self.tap_crops
-        x = pad_mirror(lr, self.window_size) - self.mean
+        x = pad_mirror(lr, self.window_size, always=not self.training) - self.mean  # eval: as main_test_swinir.py
         head = self.conv_first(x)
         taps["head"](head, (h, w))
         body = self.conv_after_body(self.forward_features(head, (h, w)))
@@ -350,11 +363,11 @@ def _check(
 
 def swinir(
     scale: int,
-    embed_dim: int = 180,
-    depths: tuple[int, ...] = (6, 6, 6, 6, 6, 6),
-    num_heads: tuple[int, ...] = (6, 6, 6, 6, 6, 6),
-    window_size: int = 8,
-    mlp_ratio: float = 2.0,
+    embed_dim: Channels = 180,
+    depths: tuple[Count, ...] = (6, 6, 6, 6, 6, 6),
+    num_heads: tuple[Count, ...] = (6, 6, 6, 6, 6, 6),
+    window_size: Count = 8,
+    mlp_ratio: Positive = 2.0,
     drop_path_rate: float = 0.1,
 ) -> SwinIR:
     """SwinIR classical SR (SwinIR-M: 6 RSTB x 6 layers, 180 channels, window 8), x2/x3/x4/x8.
@@ -369,11 +382,11 @@ def swinir(
 
 def swinir_light(
     scale: int,
-    embed_dim: int = 60,
-    depths: tuple[int, ...] = (6, 6, 6, 6),
-    num_heads: tuple[int, ...] = (6, 6, 6, 6),
-    window_size: int = 8,
-    mlp_ratio: float = 2.0,
+    embed_dim: Channels = 60,
+    depths: tuple[Count, ...] = (6, 6, 6, 6),
+    num_heads: tuple[Count, ...] = (6, 6, 6, 6),
+    window_size: Count = 8,
+    mlp_ratio: Positive = 2.0,
     drop_path_rate: float = 0.1,
 ) -> SwinIR:
     """SwinIR lightweight SR (SwinIR-S: 4 RSTB x 6 layers, 60 channels, one-step pixel shuffle), x2/x3/x4.

@@ -28,6 +28,7 @@ TINY: dict[str, dict] = {
     "rcan": {"n_resgroups": 2, "n_resblocks": 2, "n_feats": 16, "reduction": 4},
     "carn": {"n_feats": 16},
     "carn_m": {"n_feats": 16},
+    "csd_carn": {"n_feats": 16},
     "swinir": {"embed_dim": 12, "depths": (2, 2), "num_heads": (2, 2), "window_size": 4},
     "swinir_light": {"embed_dim": 12, "depths": (2,), "num_heads": (2,), "window_size": 4},
     "imdn": {"nf": 16, "num_modules": 2},

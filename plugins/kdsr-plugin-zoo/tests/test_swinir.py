@@ -81,7 +81,10 @@ def test_padding_only_when_needed_and_taps_are_crops() -> None:
     assert torch.equal(feats["body.1"], feats["layers.1"][..., :17, :23])
     with torch.no_grad(), capture(model, ["conv_first"]) as feats:
         model(torch.rand(1, 3, 16, 24))
-    assert feats["conv_first"].shape[-2:] == (16, 24)  # aligned: no padding, as in training
+    assert feats["conv_first"].shape[-2:] == (24, 32)  # eval, aligned: a full window, as main_test_swinir.py
+    with torch.no_grad(), capture(model.train(), ["conv_first"]) as feats:
+        model(torch.rand(1, 3, 16, 24))
+    assert feats["conv_first"].shape[-2:] == (16, 24)  # training, aligned: no padding, as the reference trainer
 
 
 def test_mirror_padding_matches_flip_concat_and_handles_tiny_inputs() -> None:

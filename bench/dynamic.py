@@ -1,0 +1,200 @@
+"""Dynamic inference that pays: per-patch budget routing against every fixed width of one switchable network.
+
+The network is the Pro-CSD x4 EDSR of configs/dynamic/procsd_edsr_x4.yaml (widths 1.0 / 0.75 / 0.5 / 0.25),
+trained here unless ``--run`` names a finished run of it. Budget policies are calibrated per patch on the
+first 40 T91 images (training images, never an eval set) and evaluated on Set5, Set14 and B100: PSNR (the
+run's metric, Y), the Multi-Adds fraction and the wall-clock time fraction, both against the full branch
+through the same patches (the tiling overhead, the same for every policy, is written to dynamic.md).
+
+    python bench/dynamic.py                 # train (if needed) and measure the full grid
+    python bench/dynamic.py --run DIR       # measure a finished run of the config
+    python bench/dynamic.py --quick         # the same pipeline: a 6-step run, Set5 (2 images), one budget per measure
+
+Writes results/dynamic[_quick].json as {"sets": {SET: {"full_psnr", "fixed": [...], "policies": [...]}},
+"machine", "commit"}, results/dynamic[_quick].md (setup, targets) and results/dynamic[_quick].png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchlib import RESULTS, provenance, run_child
+from tradeoff import calibration_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "dynamic" / "procsd_edsr_x4.yaml"
+MEASURES = ("redegradation", "edge", "learned")
+BUDGETS = (0.4, 0.5, 0.6, 0.7)
+CALIBRATION_IMAGES = 40  # T91's x4 LR images are one or two 48 px patches: 40 give the 20-quantile grid ~60 patches
+QUICK = {"steps": 6, "batch": 12, "sets": ("Set5",), "budgets": (0.5,), "images": 2, "calibration": 20}
+
+
+def train(work: Path, quick: bool) -> Path:
+    """A finished run of CONFIG (resumed if interrupted; reused if done)."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["out_dir"] = str(work / "procsd")
+    for spec in [cfg["data"]["train"], *cfg["data"]["eval"]]:  # the config's data paths are relative to the repo root
+        spec["options"]["root"] = str((ROOT / spec["options"]["root"]).resolve())
+    if quick:
+        cfg["stages"][0].update(steps=QUICK["steps"], log_every=5, checkpoint_every=QUICK["steps"])
+        cfg["data"]["batch_size"] = QUICK["batch"]
+        cfg["data"]["eval"] = [e for e in cfg["data"]["eval"] if e["label"] in QUICK["sets"]]
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "procsd.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run = Path(cfg["out_dir"])
+    if not (run / "report.json").exists():
+        resume = ["--resume"] if (run / "config.resolved.yaml").exists() else []
+        res = run_child([sys.executable, "-m", "kdsr", "run", str(path), *resume, "--quiet"], log=work / "procsd.log")
+        if res["rc"] != 0:
+            sys.exit(f"training failed (exit {res['rc']}); see {work / 'procsd.log'}")
+    return run
+
+
+def measure(router, pairs, metric, scale: int) -> dict[str, Any]:
+    """PSNR, Multi-Adds and wall seconds of ``router`` over ``pairs`` (after one warm-up image)."""
+    from kdsr.data import quantize, to_float
+
+    router(to_float(pairs[0][1]))
+    scores, seconds, macs, full = [], 0.0, 0.0, 0.0
+    for _, lr_u8, hr_u8 in pairs:
+        lr = to_float(lr_u8)
+        t0 = time.perf_counter()
+        out = router(lr)
+        seconds += time.perf_counter() - t0
+        scores.append(metric(quantize(out.sr[0]), to_float(hr_u8), scale))
+        macs, full, overhead = macs + out.macs, full + out.full_macs, out.overhead
+    return {"psnr": statistics.fmean(scores), "macs": macs, "full_macs": full, "seconds": seconds, "overhead": overhead}
+
+
+def bench(run: Path, calibration: Path, sets: tuple[str, ...], budgets: tuple[float, ...], tile: int, overlap: int, images: int | None) -> dict[str, Any]:
+    from kdsr.engine.build import build_eval_sets, build_metrics
+    from kdsr.engine.infer import make_router
+    from kdsr.models import open_models
+
+    models = open_models(run)
+    metrics = build_metrics(models.config)
+    metric = metrics.get("psnr") or next(iter(metrics.values()))
+    eval_sets = {
+        s.label: [s.pairs[i] for i in range(min(images or len(s.pairs), len(s.pairs)))] for s in build_eval_sets(models.config) if s.label in sets
+    }
+    fixed_routers = {name: make_router(models, "fixed", {"branch": name}, tile, overlap) for name in models.candidates}
+    full_name = max(fixed_routers, key=lambda n: fixed_routers[n].cost[n])
+    policies = []
+    for m in MEASURES:
+        for b in budgets:
+            options = {"budget": b, "calibration": str(calibration), "measure": m, "per": "patch"}
+            policies.append((f"budget-{m}", b, make_router(models, "budget", options, tile, overlap)))
+    time_budget = budgets[len(budgets) // 2]  # one time budget: priced by the measured branch latencies
+    options = {"budget": time_budget, "calibration": str(calibration), "measure": "redegradation", "per": "patch", "cost": "time"}
+    policies.append(("budget-redegradation-time", time_budget, make_router(models, "budget", options, tile, overlap)))
+    out: dict[str, Any] = {}
+    for label, pairs in eval_sets.items():
+        ref = measure(fixed_routers[full_name], pairs, metric, models.scale)
+        row: dict[str, Any] = {"full_psnr": ref["psnr"], "fixed": [], "policies": [], "tiling_overhead": ref["overhead"]}
+        for name, router in sorted(fixed_routers.items(), key=lambda kv: kv[1].cost[kv[0]]):
+            r = ref if name == full_name else measure(router, pairs, metric, models.scale)
+            row["fixed"].append({"name": name, "psnr": r["psnr"], "macs_fraction": r["macs"] / ref["macs"], "time_fraction": r["seconds"] / ref["seconds"]})
+        for name, b, router in policies:
+            r = measure(router, pairs, metric, models.scale)
+            row["policies"].append(
+                {"name": name, "budget": b, "psnr": r["psnr"], "macs_fraction": r["macs"] / r["full_macs"], "time_fraction": r["seconds"] / ref["seconds"]}
+            )
+        out[label] = row
+        print(label, json.dumps(row, indent=1), flush=True)
+    return out
+
+
+def targets(sets: dict[str, Any]) -> list[str]:
+    """The issue's targets, each with whether this result meets it."""
+    lines = []
+    for label, row in sets.items():
+        fixed = row["fixed"]
+        for p in (p for p in row["policies"] if p["name"] == "budget-redegradation"):
+            # above every fixed width: more PSNR than the linear interpolation of the fixed points at its Multi-Adds
+            pts = sorted((f["macs_fraction"], f["psnr"]) for f in fixed)
+            below = next(((a, b) for a, b in zip(pts, pts[1:]) if a[0] <= p["macs_fraction"] <= b[0]), None)
+            line = below and below[0][1] + (below[1][1] - below[0][1]) * (p["macs_fraction"] - below[0][0]) / max(below[1][0] - below[0][0], 1e-12)
+            ok = line is not None and p["psnr"] > line
+            lines.append(f"- {label} budget {p['budget']}: {p['psnr']:.3f} dB at {p['macs_fraction']:.1%} Multi-Adds, {p['time_fraction']:.1%} time; above the fixed widths: {'yes' if ok else 'no'}")
+    b100 = sets.get("B100")
+    if b100:
+        good = [p for p in b100["policies"] if p["macs_fraction"] <= 0.6 and p["psnr"] >= b100["full_psnr"] - 0.05 and p["time_fraction"] <= 0.7]
+        lines.append(f"- B100: >= 40% Multi-Adds and >= 30% time saved at <= 0.05 dB below full width: {'yes, ' + good[0]['name'] + ' ' + str(good[0]['budget']) if good else 'no'}")
+    return lines
+
+
+def plot(sets: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(sets), figsize=(5 * len(sets), 8), squeeze=False)
+    for col, (label, row) in enumerate(sets.items()):
+        for r, key in enumerate(("macs_fraction", "time_fraction")):
+            ax = axes[r][col]
+            ax.plot([f[key] for f in row["fixed"]], [f["psnr"] for f in row["fixed"]], "s--", color="black", label="fixed widths")
+            for f in row["fixed"]:
+                ax.annotate(f["name"], (f[key], f["psnr"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            for name in dict.fromkeys(p["name"] for p in row["policies"]):
+                pts = sorted((p for p in row["policies"] if p["name"] == name), key=lambda p: p[key])
+                ax.plot([p[key] for p in pts], [p["psnr"] for p in pts], "o-", label=name)
+                for p in pts:
+                    ax.annotate(f"{p['budget']:g}", (p[key], p["psnr"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            ax.set_xlabel("Multi-Adds / full branch" if key == "macs_fraction" else "time / full branch")
+            ax.set_ylabel("PSNR (dB, Y)")
+            ax.set_title(label)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, help="a finished run of configs/dynamic/procsd_edsr_x4.yaml (default: train it)")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "dynamic")
+    p.add_argument("--quick", action="store_true", help="a 6-step run, Set5 (2 images), one budget per measure")
+    p.add_argument("--tile", type=int, default=48, help="LR patch side (default 48: B100's x4 LR is 6 patches)")
+    p.add_argument("--overlap", type=int, default=8)
+    args = p.parse_args()
+    work = args.work / ("quick" if args.quick else "full")
+    run = args.run or train(work, args.quick)
+    sets, budgets = (QUICK["sets"], QUICK["budgets"]) if args.quick else (("Set5", "Set14", "B100"), BUDGETS)
+    calibration = calibration_folder(work, QUICK["calibration"] if args.quick else CALIBRATION_IMAGES)
+    result = bench(run, calibration, sets, budgets, args.tile, args.overlap, QUICK["images"] if args.quick else None)
+    name = "dynamic_quick" if args.quick else "dynamic"
+    info = provenance()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"sets": result, "machine": info["machine"], "commit": info["commit"]}, indent=1))
+    setup = [
+        f"# Dynamic inference ({'quick' if args.quick else 'full'})",
+        "",
+        f"Run `{run}`; commit {info['commit']} (dirty tree: {info['dirty_tree']}), {info['date']}.",
+        f"Patches of {args.tile} LR px, overlap {args.overlap}; budgets calibrated per patch on `{calibration}`.",
+        "Fractions are against the full branch through the same patches; the tiling overhead over one whole-image pass: "
+        + ", ".join(f"{k} {v['tiling_overhead']:.0%}" for k, v in result.items()) + ".",
+        "",
+        "## Targets",
+        "",
+        *targets(result),
+        "",
+        f"![PSNR vs Multi-Adds and time]({name}.png)",
+        "",
+    ]
+    (RESULTS / f"{name}.md").write_text("\n".join(setup))
+    plot(result, RESULTS / f"{name}.png")
+    print("\n".join(setup))
+
+
+if __name__ == "__main__":
+    main()

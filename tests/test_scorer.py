@@ -1,0 +1,56 @@
+"""Difficulty measures (ARM's edge score among them) and the learned per-patch scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kdsr.builtin.policies import Budget
+from kdsr.errors import KdsrError
+from kdsr.inference import Router
+from kdsr.scoring import MEASURES, LearnedScorer, edge_score, patch_features
+from tests.dynamic_kit import mosaic_folder, toy_branches
+
+
+def test_edge_score_ranks_flat_above_edges_above_noise():
+    flat = torch.full((1, 3, 16, 16), 0.5)
+    step = flat.clone()
+    step[..., 8:] = 0.9
+    noisy = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert edge_score(flat) == 0.0 > edge_score(step) > edge_score(noisy)
+    assert "edge" in MEASURES
+
+
+def test_patch_features_are_finite_on_flat_and_tiny_patches():
+    # 44x1: the last patch of an image one pixel wider than a multiple of the tile (crashed re-degradation at x4)
+    for patch in (torch.full((1, 3, 8, 8), 0.3), torch.rand(1, 3, 2, 2), torch.rand(1, 3, 44, 1)):
+        f = patch_features(patch, 4)
+        assert f.shape == (len(MEASURES) + 3,) and np.isfinite(f).all()
+
+
+def test_learned_scorer_recovers_a_linear_loss():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 4))
+    losses = np.stack([features @ [1.0, -2.0, 0.0, 0.5] + 3.0, features @ [0.5, 0.0, 1.0, 0.0]], axis=1)
+    scorer = LearnedScorer(ridge=0.0).fit(features, losses, ["a", "b"])
+    assert np.allclose(scorer.predict(features[:5]), losses[:5], atol=1e-6)
+    assert scorer.predict(features[0]).shape == (2,)
+    assert scorer.ease(features[0]) == pytest.approx(-losses[0].mean())
+
+
+def test_learned_scorer_refuses_fewer_patches_than_features():
+    with pytest.raises(KdsrError, match="calibration patch"):
+        LearnedScorer().fit(np.zeros((3, 7)), np.zeros((3, 1)), ["a"])
+
+
+def test_learned_budget_predicts_bigger_losses_on_textured_patches(tmp_path):
+    branches, choices = toy_branches()
+    policy = Budget(0.6, str(mosaic_folder(tmp_path / "cal", 4, seed=1)), "learned", "patch", 20)
+    Router(branches, choices, policy, 2, tile=8, overlap=2)
+    assert policy.scorer is not None and policy.scorer.branches == ["cheap"]
+    flat = torch.full((1, 3, 8, 8), 0.4)
+    x = torch.arange(8.0)
+    grating = (0.5 + 0.25 * torch.sin(x * 1.3)).expand(1, 3, 8, 8).contiguous()
+    assert policy.score(flat) > policy.score(grating)  # nearest loses more on texture than on flat content
+    assert policy.select(flat, choices) == "cheap" and policy.select(grating, choices) == "full"
