@@ -269,35 +269,41 @@ def total_memory() -> int | None:
 # ---------------------------------------------------------------- loading
 
 
-class ConfigLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping holding one key twice (PyYAML keeps the last silently).
+def refuse_duplicate_keys(node: yaml.Node | None, seen_nodes: set[int] | None = None) -> None:
+    """Refuse a mapping that holds one key twice (PyYAML keeps the last silently).
 
-    Still safe: only the standard tags of plain data are constructed. Keys merged in with ``<<`` may be
-    overridden, as YAML intends; only keys written twice in one mapping are refused.
+    Walks the composed node tree, before anything is constructed. Keys merged in with ``<<`` may be
+    overridden, as YAML intends; only keys written twice in one mapping are refused. A node reached again
+    through an alias is checked once (aliases may be recursive).
     """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise DuplicateKeyError(f"key '{key}' appears twice in one mapping (lines {seen[key]} and {line})")
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if node is None or id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key, line = (key_node.tag, key_node.value), key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(f"key '{key_node.value}' appears twice in one mapping (lines {seen[key]} and {line})")
+                seen[key] = line
+            refuse_duplicate_keys(value_node, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            refuse_duplicate_keys(item, seen_nodes)
 
 
 class DuplicateKeyError(yaml.YAMLError):
-    """A mapping with a repeated key (raised by ``ConfigLoader``)."""
+    """A mapping with a repeated key (raised by ``refuse_duplicate_keys``)."""
 
 
 def load_yaml(text: str, source: str, hint: str = "") -> Any:
-    """Plain data from YAML text; any problem is a one-line ``KdsrError`` starting with ``source``
-    (``hint`` ends a syntax error's message)."""
+    """Plain data from YAML text (``yaml.safe_load``); any problem is a one-line ``KdsrError`` starting
+    with ``source`` (``hint`` ends a syntax error's message)."""
     try:
-        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+        refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+        return yaml.safe_load(text)
     except DuplicateKeyError as exc:
         raise KdsrError(f"{source}: {exc}; keep one of them") from None
     except yaml.YAMLError as exc:
