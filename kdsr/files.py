@@ -44,19 +44,22 @@ def write_atomic(path: Path, data: bytes, advice: str = "") -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def write_failure(path: Path, size: int, exc: OSError) -> str:
-    """Why writing ``size`` bytes to ``path`` failed, with the room it needs."""
-    need = _fmt(size)
+def write_failure(path: Path, size: int | None, exc: OSError) -> str:
+    """Why writing ``size`` bytes (``None``: an amount not known, as for TensorBoard's own writes) to
+    ``path`` failed, with the room it needs."""
+    need = [f"it needs {_fmt(size)}"] if size is not None else []
     if exc.errno == errno.EFBIG:
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        allowed = "" if limit == resource.RLIM_INFINITY else f", the limit allows {_fmt(limit)}"
-        return f"could not write '{path}': file-size limit reached (it needs {need}{allowed}); raise the limit (ulimit -f)"
+        facts = need + ([] if limit == resource.RLIM_INFINITY else [f"the limit allows {_fmt(limit)}"])
+        detail = f" ({', '.join(facts)})" if facts else ""
+        return f"could not write '{path}': file-size limit reached{detail}; raise the limit (ulimit -f)"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         try:
             free = _fmt(shutil.disk_usage(path.parent).free)
         except OSError:
             free = "unknown"
-        return f"could not write '{path}': no space left on its disk (it needs {need}, {free} free); free at least {need} there"
+        room = f"at least {_fmt(size)}" if size is not None else "some space"
+        return f"could not write '{path}': no space left on its disk ({', '.join([*need, f'{free} free'])}); free {room} there"
     return f"could not write '{path}' ({exc.strerror or exc}); check that the folder exists and is writable"
 
 

@@ -7,7 +7,8 @@ A weights file gives one network: its backbone comes from the file's own descrip
 ``backbone`` / ``scale`` / ``options`` for a foreign file (official ``.pth`` / ``.pt``), whose layout
 the backbone's ``load_official`` converts.
 
-Imports flow one way: this module uses ``kdsr.engine.build``; the evaluation and inference verbs use it.
+Imports flow one way: this module uses ``kdsr.engine.build`` and reads run directories through
+:mod:`kdsr.rundir`; the evaluation and inference verbs use it.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from torch import nn
 from kdsr.branches import Branch
 from kdsr.config import RunConfig, load_config
 from kdsr.engine.build import Stage, build_stage, candidate_branches
-from kdsr.engine.run import PROGRESS, RESOLVED, _load_final, _read_progress
 from kdsr.errors import KdsrError, did_you_mean
 from kdsr.plain import Description, Exportable, PlainNetwork, describe
 from kdsr.plugins import registry
 from kdsr.report import BranchModule, report_rows
+from kdsr.rundir import PROGRESS, RESOLVED, load_final, read_progress
 from kdsr.weights import load_weights
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
@@ -45,7 +46,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, dict[str, Stage]]:
             f"'{run_dir}' is not a kdsr run directory (no {RESOLVED}); pass the out_dir of a `kdsr run` or a weights file"
         )
     config = load_config(resolved)
-    done = _read_progress(run_dir)["done"]
+    done = read_progress(run_dir)["done"]
     if not done:
         raise KdsrError(f"run '{run_dir}' has no finished stage yet ({PROGRESS}); finish it with `kdsr run ... --resume`")
     stages: dict[str, Stage] = {}
@@ -54,7 +55,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, dict[str, Stage]]:
             break
         torch.manual_seed(config.seed + i)
         stage = build_stage(config, i, stages)
-        _load_final(stage, run_dir)
+        load_final(run_dir, sc.name, stage.branches)
         stages[sc.name] = stage
     return config, stages
 

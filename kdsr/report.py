@@ -18,10 +18,10 @@ from torch import nn
 from kdsr.branches import Branch
 from kdsr.config import RunConfig
 from kdsr.engine.build import Stage
-from kdsr.engine.checkpoint import write_atomic
 from kdsr.engine.evaluate import BICUBIC
-from kdsr.engine.logger import read_records
+from kdsr.files import write_atomic
 from kdsr.profiling import count_params, lr_size_for, measure_latency, profile_macs
+from kdsr.rundir import read_records
 
 
 class BranchModule(nn.Module):
@@ -179,9 +179,8 @@ def metric_names(report: dict[str, Any]) -> list[str]:
 
 def dynamic_inference(config: RunConfig, stages: dict[str, Stage], device: torch.device) -> dict[str, Any] | None:
     """The budget policy over the final stage's branches (see ``kdsr.engine.dynamic``); None for one branch."""
-    from kdsr.engine.build import build_eval_sets, build_metrics, build_pairs
+    from kdsr.engine.build import build_eval_sets, build_metrics, build_pairs, candidate_branches
     from kdsr.engine.dynamic import CALIBRATION_IMAGES, measure_dynamic
-    from kdsr.engine.build import candidate_branches
 
     branches = candidate_branches(stages)
     if len(branches) < 2 or not config.data.eval:

@@ -1,5 +1,6 @@
 """A full disk or a file-size limit while checkpointing: one line naming the file and the room it
-needs; the previous checkpoint and latest.json stay valid and no temporary file is left (issue 19.2)."""
+needs; the previous checkpoint and latest.json stay valid and no temporary file is left (issue 19.2).
+The same for the logs (metrics.jsonl, TensorBoard) written mid-run."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from kdsr import files, hookimpl
 from kdsr.cli import main
 from kdsr.errors import KdsrError
+from kdsr.rundir import read_records
 from tests.robust_kit import extra_plugin, fails, latest_step, one_stage
 
 
@@ -90,3 +93,63 @@ def test_write_atomic_keeps_the_old_file_and_removes_its_temporary(tmp_path, mon
     with pytest.raises(KdsrError, match=r"could not write '.*f\.bin': file-size limit reached \(it needs 3 B"):
         files.write_atomic(target, b"new")
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+# ---------------------------------------------------------------- the logs: metrics.jsonl and TensorBoard
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _LogsFillAt:
+    """Once step ``at`` has run, appending to ``metrics.jsonl`` (``what="metrics"``) or to TensorBoard's
+    event file (``what="tensorboard"``) fails with ENOSPC."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, at: int, what: str) -> None:
+        self.monkeypatch, self.at, self.what = monkeypatch, at, what
+
+    @hookimpl
+    def after_step(self, run, step, losses):
+        if step != self.at:
+            return
+        if self.what == "metrics":
+            from kdsr.engine import logger
+
+            def full(path, *args, **kwargs):
+                if str(path).endswith("metrics.jsonl"):
+                    _enospc()
+                return open(path, *args, **kwargs)
+
+            self.monkeypatch.setattr(logger, "open", full, raising=False)
+        else:
+            from tensorboard.compat.tensorflow_stub.io import gfile
+
+            self.monkeypatch.setattr(gfile.LocalFileSystem, "append", _enospc)
+
+
+def test_full_disk_while_logging_metrics(tmp_path, capsys, monkeypatch):
+    cfg = one_stage(tmp_path, steps=6, checkpoint_every=2)  # logs at steps 2, 4, 6: step 4's record fails
+    folder = tmp_path / "run" / "checkpoints" / "teacher"
+    with extra_plugin(_LogsFillAt(monkeypatch, at=3, what="metrics"), "disk"):
+        fails(capsys, ["run", str(cfg), "--quiet"], str(tmp_path / "run" / "metrics.jsonl"), "no space left", "it needs", "--resume")
+    assert latest_step(folder) == 2
+    monkeypatch.undo()
+    assert main(["run", str(cfg), "--resume", "--quiet"]) == 0
+    steps = [r["step"] for r in read_records(tmp_path / "run") if r["kind"] == "train"]
+    assert steps == [2, 4, 6]
+
+
+def test_full_disk_while_writing_tensorboard(tmp_path, capsys, monkeypatch):
+    cfg = one_stage(tmp_path, steps=6, checkpoint_every=2)
+    folder = tmp_path / "run" / "checkpoints" / "teacher"
+    unhandled: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", unhandled.append)  # what would print a thread's traceback
+    with extra_plugin(_LogsFillAt(monkeypatch, at=3, what="tensorboard"), "disk"):
+        # TensorBoard writes on its own thread: the failure surfaces at a later record or when the run closes it
+        fails(capsys, ["run", str(cfg), "--quiet"], str(tmp_path / "run" / "tensorboard"), "no space left", "free some space")
+    assert not unhandled, [a.exc_value for a in unhandled]
+    assert latest_step(folder) in (2, 4, 6)
+    _no_temporaries(tmp_path / "run")
+    monkeypatch.undo()
+    assert main(["run", str(cfg), "--resume", "--quiet"]) == 0

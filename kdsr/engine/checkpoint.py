@@ -21,6 +21,7 @@ from torch import nn
 
 from kdsr.errors import KdsrError
 from kdsr.files import write_atomic
+from kdsr.rundir import restore
 from kdsr.weights import read_state_dict, save_weights
 
 __all__ = ["collect", "restore", "write_atomic", "save", "latest", "latest_weights", "first_nonfinite", "rng_state", "set_rng_state"]
@@ -33,19 +34,6 @@ def collect(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
         for k, v in module.state_dict().items():
             out[f"{prefix}.{k}"] = v
     return out
-
-
-def restore(modules: dict[str, nn.Module], state: dict[str, torch.Tensor], source: str) -> None:
-    for prefix, module in modules.items():
-        own = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
-        try:
-            module.load_state_dict(own, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise KdsrError(
-                f"checkpoint '{source}' does not match '{prefix}' of this run ({first}); "
-                f"was the config changed since it was written?"
-            ) from None
 
 
 def save(folder: Path, step: int, modules: dict[str, nn.Module], state: dict[str, Any], keep: int = 1) -> None:

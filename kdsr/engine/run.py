@@ -28,15 +28,15 @@ from kdsr.engine.context import RunContext
 from kdsr.engine.evaluate import evaluate, sample_crops
 from kdsr.engine.lock import LOCK_NAME, RunLock
 from kdsr.engine.logger import RunLogger
-from kdsr.engine.trainer import StageTrainer, final_weights_path
+from kdsr.engine.trainer import StageTrainer
 from kdsr.errors import KdsrError
+from kdsr.files import write_atomic
 from kdsr.plugins import get_plugins
-from kdsr.weights import read_state_dict, save_weights
+from kdsr.rundir import METRICS, PROGRESS, RESOLVED, final_weights_path, load_final, read_progress
+from kdsr.weights import save_weights
 
 log = logging.getLogger("kdsr")
 
-RESOLVED = "config.resolved.yaml"
-PROGRESS = "progress.json"
 # keys that may change between a run and its resume (longer training, other logging)
 RESUMABLE_CHANGES = {"steps", "eval_every", "log_every", "checkpoint_every", "device", "threads", "plugins", "latency", "latency_repeats"}
 
@@ -131,9 +131,9 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dic
         distributed.barrier()
         plugins.hook.configure(config=config)
         if main:
-            checkpoint.write_atomic(run_dir / RESOLVED, dump_config(config).encode())
+            write_atomic(run_dir / RESOLVED, dump_config(config).encode())
         ctx = RunContext(config, run_dir, device, rank=rank, world_size=world_size)
-        progress = _read_progress(run_dir) if resume else {"done": [], "results": {}}
+        progress = read_progress(run_dir) if resume else {"done": [], "results": {}}
         logger = RunLogger(run_dir, enabled=main)
         train_pairs = build_pairs(config, config.data.train, "data.train")
         eval_sets = build_eval_sets(config)
@@ -160,7 +160,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dic
                         f"stage '{sc.name}' already finished at {finished_at} steps; a finished stage is not extended "
                         f"(later stages were built on it): set stages.{i}.steps={finished_at} or start a new run"
                     )
-                _load_final(stage, run_dir)
+                load_final(run_dir, sc.name, stage.branches)
                 finished[sc.name] = stage
                 continue
             if resume and main:
@@ -184,15 +184,16 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dic
                 progress["done"].append(sc.name)
                 progress.setdefault("steps", {})[sc.name] = sc.steps
                 progress["results"][sc.name] = results
-                checkpoint.write_atomic(run_dir / PROGRESS, json.dumps(progress, indent=1).encode(), kept)
+                write_atomic(run_dir / PROGRESS, json.dumps(progress, indent=1).encode(), kept)
             distributed.barrier()
             finished[sc.name] = stage
         report = write_report(config, run_dir, finished, progress["results"], device) if main else {}
         plugins.hook.end_run(run=ctx, report=report)
+        logger.close()  # the last TensorBoard writes: a full disk here is this run's error
         return report
     finally:
         if logger is not None:
-            logger.close()
+            logger.close(quiet=True)  # after an error, the run's own error is the one to report
         held.close()
         distributed.shutdown()
 
@@ -201,21 +202,9 @@ def _collect_final(stage: Stage) -> dict[str, torch.Tensor]:
     return checkpoint.collect(unique_modules(stage.branches, trainable=True))
 
 
-def _load_final(stage: Stage, run_dir: Path) -> None:
-    path = final_weights_path(run_dir, stage.config.name)
-    checkpoint.restore(unique_modules(stage.branches, trainable=True), read_state_dict(path), str(path))
-
-
-def _read_progress(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / PROGRESS
-    if path.exists():
-        return json.loads(path.read_text())
-    return {"done": [], "results": {}}
-
-
 def _truncate_log(run_dir: Path, stage: str, step: int) -> None:
     """Drop log records the crashed process wrote after the checkpoint we resume from."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.exists():
         return
     keep = []
@@ -227,4 +216,4 @@ def _truncate_log(run_dir: Path, stage: str, step: int) -> None:
         if rec.get("stage") == stage and rec.get("step", 0) > step:
             continue
         keep.append(line)
-    checkpoint.write_atomic(path, ("\n".join(keep) + ("\n" if keep else "")).encode())
+    write_atomic(path, ("\n".join(keep) + ("\n" if keep else "")).encode())

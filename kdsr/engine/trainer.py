@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -331,7 +330,3 @@ def _unique_params(modules: list[nn.Module]) -> list[nn.Parameter]:
             if p.requires_grad:
                 seen.setdefault(id(p), p)
     return list(seen.values())
-
-
-def final_weights_path(run_dir: Path, stage: str) -> Path:
-    return run_dir / "checkpoints" / stage / "final.safetensors"
