@@ -22,14 +22,35 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdsr import Branch
+from kdsr import Branch, KdsrError
+from kdsr.errors import PluginError
 from kdsr.plugins import registry
 from kdsr.weights import strip_run_prefix
 from kdsr_hkdsr.heads import HeadedSR
 
 
 def _build_backbone(name: str, options: dict[str, Any] | None, scale: int) -> nn.Module:
-    return registry("backbone").create(name, options, where="options.options", scale=scale)
+    """The inner backbone, its options checked against its own bounds (``kdsr.bounds``). Errors are
+    ``ValueError`` with the path inside this factory's options, so kdsr reports them under the config entry
+    they are about (``stages[i].student.options: student 'hkdsr': options.n_feats: ...``)."""
+    try:
+        registry("backbone").get(name, where="backbone")
+        return registry("backbone").create(name, options, where="options", scale=scale)
+    except PluginError:
+        raise  # a bug in the inner backbone's plugin, which the message names
+    except KdsrError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_heads(heads: list[str] | None) -> None:
+    """At least one head, each tap once (that each tap exists, ``HeadedSR`` checks)."""
+    if heads is None:
+        return
+    if not heads:
+        raise ValueError("heads: [] attaches no head; list at least one tap (e.g. [body.2, body.6]) or omit heads for the default")
+    twice = next((t for i, t in enumerate(heads) if t in heads[:i]), None)
+    if twice is not None:
+        raise ValueError(f"heads lists tap '{twice}' twice; give each tap once")
 
 
 def hkdsr_student(
@@ -42,6 +63,7 @@ def hkdsr_student(
     name: str = "student",
 ) -> dict[str, Branch]:
     """HKDSR network with intermediate SR heads: a new backbone, or the teacher's copy (head pre-training)."""
+    _check_heads(heads)
     if backbone is None:
         if teacher is None:
             raise ValueError("without 'backbone' the heads go on a copy of the teacher, but the stage has no teacher")
@@ -60,6 +82,7 @@ def hkdsr_backbone(
     scale: int, backbone: str = "rcan", options: dict[str, Any] | None = None, heads: list[str] | None = None
 ) -> HeadedSR:
     """A registered backbone with HKDSR intermediate SR heads (to load a saved HKDSR teacher by name)."""
+    _check_heads(heads)
     return HeadedSR(_build_backbone(backbone, options, scale), scale, heads, backbone_name=backbone, backbone_options=options)
 
 
