@@ -4,7 +4,8 @@ The network is the Pro-CSD x4 EDSR of configs/dynamic/procsd_edsr_x4.yaml (width
 trained here unless ``--run`` names a finished run of it. Budget policies are calibrated per patch on the
 first 40 T91 images (training images, never an eval set) and evaluated on Set5, Set14 and B100: PSNR (the
 run's metric, Y), the Multi-Adds fraction and the wall-clock time fraction, both against the full branch
-through the same patches (the tiling overhead, the same for every policy, is written to dynamic.md).
+through the same patches (``macs_fraction``, ``time_fraction``) and against ONE whole-image pass of the full
+branch (``whole_macs_fraction``, ``whole_time_fraction``), so the cost of the patches' overlaps shows.
 
     python bench/dynamic.py                 # train (if needed) and measure the full grid
     python bench/dynamic.py --run DIR       # measure a finished run of the config
@@ -88,6 +89,7 @@ def bench(run: Path, calibration: Path, sets: tuple[str, ...], budgets: tuple[fl
     }
     fixed_routers = {name: make_router(models, "fixed", {"branch": name}, tile, overlap) for name in models.candidates}
     full_name = max(fixed_routers, key=lambda n: fixed_routers[n].cost[n])
+    whole_router = make_router(models, "fixed", {"branch": full_name}, None, overlap)  # no tiles: the whole-image reference
     policies = []
     for m in MEASURES:
         for b in budgets:
@@ -99,14 +101,21 @@ def bench(run: Path, calibration: Path, sets: tuple[str, ...], budgets: tuple[fl
     out: dict[str, Any] = {}
     for label, pairs in eval_sets.items():
         ref = measure(fixed_routers[full_name], pairs, metric, models.scale)
-        row: dict[str, Any] = {"full_psnr": ref["psnr"], "fixed": [], "policies": [], "tiling_overhead": ref["overhead"]}
+        whole = measure(whole_router, pairs, metric, models.scale)
+        row: dict[str, Any] = {"full_psnr": ref["psnr"], "whole_psnr": whole["psnr"], "fixed": [], "policies": [], "tiling_overhead": ref["overhead"]}
+
+        def against_whole(r: dict[str, Any]) -> dict[str, float]:
+            return {"whole_macs_fraction": r["macs"] / whole["macs"], "whole_time_fraction": r["seconds"] / whole["seconds"]}
+
         for name, router in sorted(fixed_routers.items(), key=lambda kv: kv[1].cost[kv[0]]):
             r = ref if name == full_name else measure(router, pairs, metric, models.scale)
-            row["fixed"].append({"name": name, "psnr": r["psnr"], "macs_fraction": r["macs"] / ref["macs"], "time_fraction": r["seconds"] / ref["seconds"]})
+            row["fixed"].append(
+                {"name": name, "psnr": r["psnr"], "macs_fraction": r["macs"] / ref["macs"], "time_fraction": r["seconds"] / ref["seconds"], **against_whole(r)}
+            )
         for name, b, router in policies:
             r = measure(router, pairs, metric, models.scale)
             row["policies"].append(
-                {"name": name, "budget": b, "psnr": r["psnr"], "macs_fraction": r["macs"] / r["full_macs"], "time_fraction": r["seconds"] / ref["seconds"]}
+                {"name": name, "budget": b, "psnr": r["psnr"], "macs_fraction": r["macs"] / r["full_macs"], "time_fraction": r["seconds"] / ref["seconds"], **against_whole(r)}
             )
         out[label] = row
         print(label, json.dumps(row, indent=1), flush=True)
@@ -124,11 +133,22 @@ def targets(sets: dict[str, Any]) -> list[str]:
             below = next(((a, b) for a, b in zip(pts, pts[1:]) if a[0] <= p["macs_fraction"] <= b[0]), None)
             line = below and below[0][1] + (below[1][1] - below[0][1]) * (p["macs_fraction"] - below[0][0]) / max(below[1][0] - below[0][0], 1e-12)
             ok = line is not None and p["psnr"] > line
-            lines.append(f"- {label} budget {p['budget']}: {p['psnr']:.3f} dB at {p['macs_fraction']:.1%} Multi-Adds, {p['time_fraction']:.1%} time; above the fixed widths: {'yes' if ok else 'no'}")
+            lines.append(
+                f"- {label} budget {p['budget']}: {p['psnr']:.3f} dB at {p['macs_fraction']:.1%} Multi-Adds, {p['time_fraction']:.1%} time "
+                f"(of one whole-image pass: {p['whole_macs_fraction']:.1%}, {p['whole_time_fraction']:.1%}); above the fixed widths: {'yes' if ok else 'no'}"
+            )
     b100 = sets.get("B100")
     if b100:
-        good = [p for p in b100["policies"] if p["macs_fraction"] <= 0.6 and p["psnr"] >= b100["full_psnr"] - 0.05 and p["time_fraction"] <= 0.7]
-        lines.append(f"- B100: >= 40% Multi-Adds and >= 30% time saved at <= 0.05 dB below full width: {'yes, ' + good[0]['name'] + ' ' + str(good[0]['budget']) if good else 'no'}")
+        # the same target against each denominator: the full branch through the same patches, and one whole-image pass of it
+        for against, macs, secs, full in (
+            ("the full branch through the same patches", "macs_fraction", "time_fraction", "full_psnr"),
+            ("one whole-image pass of the full branch", "whole_macs_fraction", "whole_time_fraction", "whole_psnr"),
+        ):
+            good = [p for p in b100["policies"] if p[macs] <= 0.6 and p["psnr"] >= b100[full] - 0.05 and p[secs] <= 0.7]
+            lines.append(
+                f"- B100, against {against}: >= 40% Multi-Adds and >= 30% time saved at <= 0.05 dB below it: "
+                f"{'yes, ' + good[0]['name'] + ' ' + str(good[0]['budget']) if good else 'no'}"
+            )
     return lines
 
 
@@ -181,8 +201,8 @@ def main() -> None:
         "",
         f"Run `{run}`; commit {info['commit']} (dirty tree: {info['dirty_tree']}), {info['date']}.",
         f"Patches of {args.tile} LR px, overlap {args.overlap}; budgets calibrated per patch on `{calibration}`.",
-        "Fractions are against the full branch through the same patches; the tiling overhead over one whole-image pass: "
-        + ", ".join(f"{k} {v['tiling_overhead']:.0%}" for k, v in result.items()) + ".",
+        "Fractions are against the full branch through the same patches, and (`whole_*`) against one whole-image pass of it; "
+        "the tiling overhead over that pass: " + ", ".join(f"{k} {v['tiling_overhead']:.0%}" for k, v in result.items()) + ".",
         "",
         "## Targets",
         "",

@@ -5,7 +5,8 @@
     sr = kdsr.upscale(model, "lr.png")                     # a PIL image; numpy / tensor in, same kind out
 
 ``upscale`` runs the same inference path as ``kdsr infer`` (:class:`kdsr.inference.Router`, tile by
-tile with ``overlap`` pixels of context, ``batch`` tiles per pass), so results match the CLI's.
+tile with ``overlap`` pixels of context, as many tiles per pass as the router's window size holds, at
+most ``batch``), so results match the CLI's.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def router_for(
     scale: int,
     tile: int | str | None = 128,
     overlap: int = 16,
-    batch: int = 4,
+    batch: int | None = None,
     device: torch.device | str = "cpu",
     runtime: Runtime = FP32,
 ) -> Router:
@@ -48,7 +49,7 @@ def upscale(
     image: Any,
     tile: int | str | None = "auto",
     overlap: int = 16,
-    batch: int = 4,
+    batch: int | None = None,
     scale: int | None = None,
     device: torch.device | str | None = None,
 ) -> Any:
@@ -66,7 +67,7 @@ image at once, or ``"auto"`` (as ``kdsr infer``: whole images up to the router's
     device = device if device is not None else (param.device if param is not None else "cpu")
     scale = scale or _scale_of(model, device)
     tile_ok = tile is None or tile == "auto" or (isinstance(tile, int) and tile >= 1)
-    if not tile_ok or overlap < 0 or batch < 1:
+    if not tile_ok or overlap < 0 or (batch is not None and batch < 1):
         raise KdsrError(f"upscale: tile must be >= 1, None or 'auto', overlap >= 0 and batch >= 1, got {tile!r}, {overlap}, {batch}")
     was_training = model.training
     model.eval()

@@ -165,16 +165,16 @@ def _policy_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--tile", type=int, help="LR tile side (0: whole image at once; default auto: 128 px patches for per-patch policies, "
                    "else the fewest even tiles whose windows hold 2^17 LR pixels, so a 720p output is one window)")
     p.add_argument("--overlap", type=int, help=f"LR context pixels around each tile (default {TILING[1]})")
-    p.add_argument("--batch", type=int, help=f"tiles per forward pass (default {TILING[2]})")
+    p.add_argument("--batch", type=int, help="at most this many tiles per forward pass (default: as many as 2^17 LR pixels hold)")
 
 
-TILING = ("auto", 16, 4)  # default --tile, --overlap, --batch
+TILING = ("auto", 16, None)  # default --tile, --overlap, --batch
 
 
-def _tiling(args: argparse.Namespace) -> tuple[int | str | None, int, int]:
+def _tiling(args: argparse.Namespace) -> tuple[int | str | None, int, int | None]:
     """(tile, "auto", or None for whole images; overlap; batch), defaults filled in, checked."""
     tile, overlap, batch = (d if v is None else v for v, d in zip((args.tile, args.overlap, args.batch), TILING))
-    if (tile != "auto" and tile < 0) or overlap < 0 or batch < 1:
+    if (tile != "auto" and tile < 0) or overlap < 0 or (batch is not None and batch < 1):
         raise KdsrError("--tile and --overlap must be >= 0 and --batch >= 1")
     return tile or None, overlap, batch
 

@@ -115,8 +115,10 @@ class Router:
 
     ``tile``: an LR side, ``None`` for whole images, or ``"auto"``: per-patch policies get
     ``PATCH_TILE`` patches; others get the fewest-pixel even tiling whose windows hold at most
-    ``WINDOW_PIXELS`` LR pixels (a 720p output is one window: tiled == whole). ``batch`` is at most
-    that many tiles per forward pass, and never more than ``WINDOW_PIXELS`` pixels.
+    ``WINDOW_PIXELS`` LR pixels (a 720p output is one window: tiled == whole). Tiles split each axis
+    evenly (:func:`kdsr.tiling.windows`): cores of at most ``tile``, all in windows of one shape.
+    Each forward pass runs as many windows as ``WINDOW_PIXELS`` LR pixels hold, so small patches of a
+    narrow branch do not pay per-call overhead; ``batch`` caps that number (less memory, e.g. on a GPU).
     """
 
     def __init__(
@@ -127,7 +129,7 @@ class Router:
         scale: int,
         tile: int | str | None = 128,
         overlap: int = 16,
-        batch: int = 4,
+        batch: int | None = None,
         device: torch.device | str = "cpu",
         runtime: Runtime = FP32,
     ) -> None:
@@ -187,8 +189,7 @@ class Router:
         size = self._tile_size(h, w)
         blend = min(self.overlap, *size) // 2 if len(groups) > 1 and size is not None else 0
         image = np.empty((h * self.scale, w * self.scale, c), dtype=np.uint8)
-        first = next(iter(groups.values()))[0]
-        batch = max(1, min(self.batch, WINDOW_PIXELS // window_pixels(first)))
+        batch = self._batch(window_pixels(next(iter(groups.values()))[0]))  # one window shape per image
         if blend == 0:  # cores pasted straight into the 8-bit image (a 1x3xHxW view of it)
             view = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
             for name, tiles in groups.items():
@@ -210,15 +211,21 @@ class Router:
         result.overhead = result.full_macs / (self.cost[self.full.name] * h * w) - 1.0
         return result
 
+    def _batch(self, pixels: int) -> int:
+        """Windows of ``pixels`` LR pixels per forward pass: as many as ``WINDOW_PIXELS`` hold, at most ``batch``."""
+        fit = max(1, WINDOW_PIXELS // pixels)
+        return fit if self.batch is None else max(1, min(self.batch, fit))
+
     LATENCY_REPEATS = 2
 
     def latencies(self) -> dict[str, float]:
-        """Measured seconds per LR pixel of each branch, on a batch of the windows routing runs (median of
+        """Measured seconds per LR pixel of each branch, on one batch of the windows per-patch routing runs
+        (a ``tile`` patch plus its context, as many as a forward pass of routing holds; median of
         ``LATENCY_REPEATS`` after a warm-up); measured once, then cached. Time budgets and time
         fractions are priced with these, as Multi-Adds are with ``macs_per_pixel``."""
         if self._latency is None:
-            side = PATCH_TILE if self.tile in (None, "auto") else self.tile
-            x = torch.rand(self.batch, 3, side + 2 * self.overlap, side + 2 * self.overlap, generator=torch.Generator().manual_seed(0))
+            side = (PATCH_TILE if self.tile in (None, "auto") else self.tile) + 2 * self.overlap
+            x = torch.rand(self._batch(side * side), 3, side, side, generator=torch.Generator().manual_seed(0))
             x = x.to(self.device)
             self._latency = {}
             with torch.no_grad():
@@ -247,6 +254,7 @@ class Router:
         return {
             "tile": self.tile,
             "overlap": self.overlap,
+            "batch": self.batch,  # None: as many windows per pass as WINDOW_PIXELS hold
             "runtime": self.runtime.label,
             "branches": [c.__dict__ for c in self.choices],
             "tiling_changes_output": self.tiling_changes,

@@ -1,8 +1,9 @@
 """Tiled super-resolution of any image size with bounded memory.
 
-The LR image is cut into core tiles; each is run inside a window that adds ``overlap`` LR pixels
-of context on every side (windows are shifted inwards at the borders, so all windows share one
-shape and are batched). Only each window's core is kept (or, with ``blend``, its core widened by a
+The LR image is cut into core tiles, each axis split evenly (cores of at most ``tile`` pixels whose
+sizes differ by at most one, so no thin last tile pays for a whole window); each is run inside a
+window that adds ``overlap`` LR pixels of context on every side (windows are shifted inwards at the
+borders, so all windows share one shape and are batched). Only each window's core is kept (or, with ``blend``, its core widened by a
 cross-fade band). For a CNN whose receptive-field radius is at most ``overlap`` (``overlap - blend``
 when blending) the stitched result equals whole-image inference; for windowed transformers and
 networks that pool over the whole input (RCAN's channel attention, IMDN's contrast-aware attention)
@@ -30,19 +31,27 @@ class Window:
     window: tuple[int, int, int, int]
 
 
+def _split(size: int, tile: int) -> tuple[int, int]:
+    """(number of cores, largest core) of an axis of ``size`` split evenly into cores of at most ``tile``."""
+    n = -(-size // tile)
+    return n, -(-size // n)
+
+
 def _axis(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """(core0, core1, win0, win1) along one axis; windows all have length min(size, tile + 2*overlap)."""
-    win = min(size, tile + 2 * overlap)
+    """(core0, core1, win0, win1) along one axis: ``ceil(size / tile)`` cores of ``size / n`` (rounded
+    either way), all in windows of one length, min(size, largest core + 2*overlap)."""
+    n, core = _split(size, tile)
+    win = min(size, core + 2 * overlap)
     out = []
-    for c0 in range(0, size, tile):
-        c1 = min(c0 + tile, size)
+    for i in range(n):
+        c0, c1 = i * size // n, (i + 1) * size // n
         w0 = min(max(c0 - overlap, 0), size - win)
         out.append((c0, c1, w0, w0 + win))
     return out
 
 
 def windows(h: int, w: int, tile: int | tuple[int, int], overlap: int) -> list[Window]:
-    """The tiling of an h x w LR image into cores of ``tile`` (one side, or (height, width)), row by row."""
+    """The tiling of an h x w LR image into even cores of at most ``tile`` (one side, or (height, width)), row by row."""
     th, tw = (tile, tile) if isinstance(tile, int) else tile
     if min(th, tw) < 1 or overlap < 0:
         raise ValueError(f"tile must be >= 1 and overlap >= 0, got tile={tile}, overlap={overlap}")
@@ -60,19 +69,18 @@ def plan_tile(h: int, w: int, overlap: int, max_pixels: int = WINDOW_PIXELS) -> 
     """The (height, width) of core tiles whose windows hold at most ``max_pixels`` LR pixels and that
     compute the fewest pixels in all.
 
-    Each axis is split evenly (no thin last tile paying for a whole window), so the overlap's extra
-    compute is as small as the memory bound allows: an image that fits is one window (tiled == whole
-    at no cost); 960x540 at overlap 16 becomes two 480-wide tiles (+7%).
+    Each axis is split evenly, as :func:`windows` splits it, so the overlap's extra compute is as small
+    as the memory bound allows: an image that fits is one window (tiled == whole at no cost); 960x540
+    at overlap 16 becomes two 480-wide tiles (+7%).
     """
     best: tuple[int, int, int] | None = None
-    for ny in range(1, h + 1):
-        th = -(-h // ny)
+    for rows in range(1, h + 1):
+        ny, th = _split(h, -(-h // rows))  # the rows' cores as windows() cuts them
         wh = min(h, th + 2 * overlap)
         cap = max_pixels // wh  # widest window that fits
         if cap < 1:
             continue
-        nx = 1 if w <= cap else -(-w // max(cap - 2 * overlap, 1))
-        tw = -(-w // nx)
+        nx, tw = _split(w, w if w <= cap else max(cap - 2 * overlap, 1))
         ww = min(w, tw + 2 * overlap)
         cost = ny * wh * nx * ww
         if wh * ww <= max_pixels and (best is None or cost < best[0]):

@@ -9,16 +9,31 @@ from kdsr.plugins import registry
 from kdsr.tiling import tiled_sr, windows
 
 
-def test_windows_cover_the_image_once():
+def test_windows_cover_the_image_once_with_even_cores():
     for h, w, tile, overlap in [(37, 53, 16, 4), (10, 10, 16, 4), (33, 17, 8, 0)]:
         cover = torch.zeros(h, w, dtype=torch.int32)
-        for t in windows(h, w, tile, overlap):
+        tiles = windows(h, w, tile, overlap)
+        heights = {t.core[1] - t.core[0] for t in tiles}
+        widths = {t.core[3] - t.core[2] for t in tiles}
+        assert max(heights) - min(heights) <= 1 and max(widths) - min(widths) <= 1  # no thin last tile
+        assert len(tiles) == -(-h // tile) * -(-w // tile) and max(heights | widths) <= tile
+        for t in tiles:
             y0, y1, x0, x1 = t.core
             wy0, wy1, wx0, wx1 = t.window
             assert wy0 <= y0 < y1 <= wy1 and wx0 <= x0 < x1 <= wx1
-            assert (wy1 - wy0, wx1 - wx0) == (min(h, tile + 2 * overlap), min(w, tile + 2 * overlap))
+            # one window shape, the largest core plus its context (shifted inwards at the borders)
+            assert (wy1 - wy0, wx1 - wx0) == (min(h, max(heights) + 2 * overlap), min(w, max(widths) + 2 * overlap))
+            assert y0 - wy0 >= min(overlap, y0) and wy1 - y1 >= min(overlap, h - y1)
             cover[y0:y1, x0:x1] += 1
         assert (cover == 1).all()
+
+
+def test_even_split_spares_the_thin_last_tile():
+    """B100's x4 LR (120x80) in 48 px patches: 3x2 cores of 40 px in 56 px windows, not 48/48/24 x 48/32 in 64 px ones."""
+    tiles = windows(80, 120, 48, 8)
+    assert {t.core[1] - t.core[0] for t in tiles} == {40} and {t.core[3] - t.core[2] for t in tiles} == {40}
+    assert {(t.window[1] - t.window[0], t.window[3] - t.window[2]) for t in tiles} == {(56, 56)}
+    assert len(tiles) * 56 * 56 / (80 * 120) - 1 == pytest.approx(0.96)  # the overlap's extra compute, was 1.56
 
 
 @pytest.mark.parametrize(

@@ -162,10 +162,11 @@ def calibration_table(router: Router, source: Any, score: Callable[[torch.Tensor
     for _, lr_u8, hr_u8 in SRPairs(ImageFolder(source), router.scale) if is_folder else source:
         lr, hr = to_float(lr_u8).unsqueeze(0), to_float(hr_u8)
         tiles = router._tiles(*lr.shape[-2:])
+        batch = router._batch(window_pixels(tiles[0]))
         outs = {}
-        for c in router.choices:
+        for c in router.choices:  # through the engine's prepared runners, as routing runs them
             out = torch.empty(1, 3, hr.shape[-2], hr.shape[-1])
-            run_windows(router.branches[c.name], lr, router.scale, tiles, out, router.batch, router.device)
+            run_windows(router.runners[c.name], lr, router.scale, tiles, out, batch, router.device)
             outs[c.name] = quantize(out[0])
         per_patch = router.policy.routes_patches(len(tiles))
         units = tiles if per_patch else [None]

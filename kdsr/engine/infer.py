@@ -68,7 +68,7 @@ def make_router(
     options: dict[str, Any] | None = None,
     tile: int | str | None = 128,
     overlap: int = 16,
-    batch: int = 4,
+    batch: int | None = None,
     runtime: Runtime = FP32,
 ) -> Router:
     """A router over the candidate branches of ``models`` (a run or a weights file, see :func:`open_models`),

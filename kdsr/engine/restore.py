@@ -34,7 +34,7 @@ class Tiling:
 
     tile: int | None
     overlap: int = 16
-    batch: int = 4
+    batch: int | None = None  # None: as many tiles per pass as the router's window size holds
 
 
 class Tiled(nn.Module):
