@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import tempfile
 import time
 import warnings
@@ -33,7 +34,7 @@ from typing import Any
 
 import torch
 
-from benchlib import write_result
+from benchlib import RESULTS, provenance, write_result
 from kdsr.api import router_for
 from kdsr.branches import Branch
 from kdsr.errors import KdsrError
@@ -171,6 +172,18 @@ def quality(run: Path, sets: list[Path], calibration: Path) -> dict[str, Any]:
     return out
 
 
+PARTS = ("paths", "tiled", "precision", "quality")
+
+
+def previous(name: str, parts: list[str]) -> dict[str, Any]:
+    """The existing result's parts that this run does not measure again (all of it when every part is measured)."""
+    path = RESULTS / f"{name}.json"
+    if set(parts) == set(PARTS) or not path.is_file():
+        return {}
+    stale = provenance().keys()  # this run's provenance replaces the old one; parts keep their own commit
+    return {k: v for k, v in json.loads(path.read_text()).items() if k not in stale}
+
+
 def default_calibration(tmp: Path) -> Path:
     """T91 (a training set, never scored) when it is here, else a few synthetic images."""
     if (SHARED / "T91").is_dir():
@@ -182,20 +195,35 @@ def default_calibration(tmp: Path) -> Path:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    """The parts the result holds (a partial run may lack some)."""
     lines = [f"# Inference at {result['hr'][1]}x{result['hr'][0]} (x{result['scale']}, {result['threads']} threads)", "",
-             f"Matmul peak: fp32 {result['matmul_peak_macs_per_s'] / 1e9:.0f} G Multi-Adds/s.", "",
-             "| model | Multi-Adds (G) | eager (s) | engine (s) | freeze (s) | engine % of peak |", "|---|---|---|---|---|---|"]
-    for r in result["paths"]:
-        freeze = f"{r['freeze_s']:.3f}" if "freeze_s" in r else "-"
-        lines.append(f"| {r['model']} | {r['macs'] / 1e9:.1f} | {r['eager_s']:.3f} | {r['engine_s']:.3f} | {freeze} | {r['engine_fraction_of_peak']:.1%} |")
-    lines += ["", "| branch | speed-up | Multi-Adds ratio | speed-up / ratio |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['speedup']:.2f} | {v['macs_ratio']:.2f} | {v['speedup_over_macs_ratio']:.2f} |" for k, v in result["widths"].items()]
-    t = result["tiled_4k"]
-    lines += ["", f"Tiled / whole at {t['hr'][1]}x{t['hr'][0]}: {t['tiled_s']:.2f} s / {t['whole_s']:.2f} s = {t['ratio']:.2f} ({t['tiles']} tiles).", "",
-              "| model | runtime | latency (s) | speed-up over fp32 |", "|---|---|---|---|"]
-    for r in result["precision"]:
-        cell = f"{r['s']:.3f} | {r['speedup_over_fp32']:.2f}" if "s" in r else f"skipped: {r['skipped']} | -"
-        lines.append(f"| {r['model']} | {r['runtime']} | {cell} |")
+             f"Matmul peak: fp32 {result['matmul_peak_macs_per_s'] / 1e9:.0f} G Multi-Adds/s."]
+    if "paths" in result:
+        lines += ["", "| model | Multi-Adds (G) | eager (s) | engine (s) | freeze (s) | engine % of peak |", "|---|---|---|---|---|---|"]
+        for r in result["paths"]:
+            freeze = f"{r['freeze_s']:.3f}" if "freeze_s" in r else "-"
+            lines.append(f"| {r['model']} | {r['macs'] / 1e9:.1f} | {r['eager_s']:.3f} | {r['engine_s']:.3f} | {freeze} | {r['engine_fraction_of_peak']:.1%} |")
+        lines += ["", "| branch | speed-up | Multi-Adds ratio | speed-up / ratio |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['speedup']:.2f} | {v['macs_ratio']:.2f} | {v['speedup_over_macs_ratio']:.2f} |" for k, v in result["widths"].items()]
+    if "tiled_4k" in result:
+        t = result["tiled_4k"]
+        lines += ["", f"Tiled / whole at {t['hr'][1]}x{t['hr'][0]}: {t['tiled_s']:.2f} s / {t['whole_s']:.2f} s = {t['ratio']:.2f} ({t['tiles']} tiles)."]
+    if "precision" in result:
+        lines += ["", "| model | runtime | latency (s) | speed-up over fp32 |", "|---|---|---|---|"]
+        for r in result["precision"]:
+            cell = f"{r['s']:.3f} | {r['speedup_over_fp32']:.2f}" if "s" in r else f"skipped: {r['skipped']} | -"
+            lines.append(f"| {r['model']} | {r['runtime']} | {cell} |")
+    if result.get("quality"):
+        lines += ["", "PSNR (dB, the run's metric) of each lower precision minus fp32, trained run's branches:", "",
+                  "| model | set | fp32 - precision delta (dB) |", "|---|---|---|"]
+        for label, models_ in result["quality"].items():
+            if "skipped" in models_:
+                lines.append(f"| {label} | - | skipped: {models_['skipped']} |")
+                continue
+            for model, sets in models_.items():
+                lines += [f"| {model} | {name} | {scores['psnr_delta']:+.3f} |" for name, scores in sets.items() if "psnr_delta" in scores]
+    if result.get("parts_measured_at"):
+        lines += ["", "Measured at commit: " + ", ".join(f"{k} {v[:7]}" for k, v in result["parts_measured_at"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -207,6 +235,8 @@ def main() -> None:
     p.add_argument("--backends", nargs="*", default=["onnxruntime", "openvino"])
     p.add_argument("--run", type=Path, help="a trained multi-width run: PSNR deltas of bf16 / int8 on --sets")
     p.add_argument("--sets", type=Path, nargs="*", default=[SHARED / s for s in SETS])
+    p.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS),
+                   help="what to measure (default all); a partial run updates those parts of the existing result file")
     p.add_argument("--quick", action="store_true", help="tiny sizes: check the script, measure nothing")
     args = p.parse_args()
     hr, hr_4k, repeats = ((32, 48), (64, 96), 1) if args.quick else (HR, HR_4K, args.repeats)
@@ -215,20 +245,23 @@ def main() -> None:
     print(f"matmul peak fp32 {peak / 1e9:.0f} G Multi-Adds/s; bf16 native: {cpu_has_bf16()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         calibration = args.calibration or default_calibration(Path(tmp))
-        rows: list = []
-        measure_paths(rows, args.scale, hr, repeats, peak, widths)
-        result: dict[str, Any] = {
-            "scale": args.scale, "hr": list(hr), "threads": torch.get_num_threads(), "quick": args.quick,
-            "matmul_peak_macs_per_s": peak, "bf16_native": cpu_has_bf16(), "calibration": str(calibration),
-            "paths": rows, "widths": width_ratios(rows), "tiled_4k": tiled_4k(args.scale, hr_4k, repeats),
-        }
-        # --quick: one width is enough to check each runtime's path (every export takes a while)
-        result["precision"] = measure_precision(rows, args.scale, hr, repeats, calibration, args.backends, widths[-1:] if args.quick else widths)
-        if args.run is not None:
+        name = "speed_infer_quick" if args.quick else "speed_infer"
+        result: dict[str, Any] = previous(name, args.parts)
+        result.update({"scale": args.scale, "hr": list(hr), "threads": torch.get_num_threads(), "quick": args.quick,
+                       "matmul_peak_macs_per_s": peak, "bf16_native": cpu_has_bf16(), "calibration": str(calibration)})
+        if "paths" in args.parts or "precision" in args.parts:  # precision's speed-ups are over these fp32 rows
+            rows: list = []
+            measure_paths(rows, args.scale, hr, repeats, peak, widths)
+            result.update(paths=rows, widths=width_ratios(rows))
+        if "tiled" in args.parts:
+            result["tiled_4k"] = tiled_4k(args.scale, hr_4k, repeats)
+        if "precision" in args.parts:  # --quick: one width checks each runtime's path (every export takes a while)
+            result["precision"] = measure_precision(rows, args.scale, hr, repeats, calibration, args.backends, widths[-1:] if args.quick else widths)
+        if "quality" in args.parts and args.run is not None:
             result["quality"] = quality(args.run, args.sets, calibration)
+        result["parts_measured_at"] = {**result.get("parts_measured_at", {}), **{part: provenance()["commit"] for part in args.parts}}
     result["targets"] = {"full_fraction_of_peak": ">= 0.70", "w0.5 speedup_over_macs_ratio": ">= 0.8",
                          "w0.25 speedup_over_macs_ratio": ">= 0.7", "tiled_4k ratio": "<= 1.1", "int8 psnr_delta": ">= -0.1 dB"}
-    name = "speed_infer_quick" if args.quick else "speed_infer"
     write_result(name, result, markdown(result))
     print(markdown(result))
 

@@ -60,9 +60,29 @@ class MeanShift(nn.Module):
         else:
             self.register_buffer("weight", weight)
             self.register_buffer("bias", bias)
+        self.diagonal = not trainable  # a frozen diagonal weight; re-checked on every state-dict load
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - torch's hook
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        incoming = state_dict.get(prefix + "weight")
+        if incoming is None or incoming.is_meta or self.weight.requires_grad:
+            return  # nothing to look at (or a trainable shift, which keeps the convolution)
+        w = incoming.detach().reshape(incoming.shape[0], -1)
+        self.diagonal = w.shape[1] == w.shape[0] and torch.equal(w, torch.diag_embed(w.diagonal()))
+
+    def forward(self, x: torch.Tensor, pre: float = 1.0, post: float = 1.0) -> torch.Tensor:
+        """``post * shift(pre * x)``: the scalings around the shift (to and from ``rgb_range``) ride along.
+
+        A diagonal weight (the references' frozen ``eye(n) / std``) is one per-channel multiply-add
+        (``addcmul``), not a 1x1 convolution: on a full-resolution 3-channel image that saves a
+        convolution's layout work and two passes over the image, which a narrow student feels.
+        """
+        if self.diagonal:
+            n = self.weight.shape[0]
+            gain = (self.weight.reshape(n, n).diagonal() * (pre * post)).view(1, n, 1, 1)
+            return torch.addcmul((self.bias * post).view(1, n, 1, 1), x, gain)
+        y = F.conv2d(x * pre if pre != 1.0 else x, self.weight, self.bias)
+        return y * post if post != 1.0 else y
 
 
 class Upsampler(nn.Sequential):
@@ -199,9 +219,9 @@ class ResidualSR(nn.Module):
     tail: nn.Sequential
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head(self.sub_mean(x * self.rgb_range))
+        x = self.head(self.sub_mean(x, pre=self.rgb_range))
         x = self.tail(self.body(x) + x)  # out-of-place: the ``body`` tap keeps the pre-skip value
-        return self.add_mean(x) / self.rgb_range
+        return self.add_mean(x, post=1.0 / self.rgb_range)
 
     def feature_taps(self) -> dict[str, Tap]:
         taps = {"head": Tap(self.head)}

@@ -93,9 +93,9 @@ class CSDCARN(nn.Module):
         self.exit = conv(c, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.entry(self.sub_mean(x * self.rgb_range))
+        x = self.entry(self.sub_mean(x, pre=self.rgb_range))
         x = cascade(x, (self.b1, self.b2, self.b3), (self.c1, self.c2, self.c3))
-        return self.add_mean(self.exit(self.upsample(x))) / self.rgb_range
+        return self.add_mean(self.exit(self.upsample(x)), post=1.0 / self.rgb_range)
 
     def feature_taps(self) -> dict[str, Tap]:
         return cascade_taps(self, self.entry, (self.c1, self.c2, self.c3), self.upsample)

@@ -47,7 +47,7 @@ class ResBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x) * self.res_scale
+        return torch.add(x, self.body(x), alpha=self.res_scale)  # one pass: x + res_scale * body(x)
 
 
 class EDSR(ResidualSR):
