@@ -70,12 +70,12 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def kdsr_trainer(case: dict[str, Any], tmp: Path, **stage_options: Any) -> StageTrainer:
+def kdsr_trainer(case: dict[str, Any], tmp: Path, device: torch.device = torch.device("cpu"), **stage_options: Any) -> StageTrainer:
     stage_cfg = {"name": "bench", "steps": 1, **case["stage"], **stage_options}
     config = parse_config({"scale": 4, "out_dir": str(tmp), "stages": [stage_cfg]})
     torch.manual_seed(0)
     stage = build_stage(config, 0, {})
-    return StageTrainer(RunContext(config, tmp, torch.device("cpu")), stage, None, None, None, None)
+    return StageTrainer(RunContext(config, tmp, device), stage, None, None, None, None)
 
 
 def kdsr_step(tr: StageTrainer) -> Step:
@@ -104,7 +104,7 @@ def bare_csd(tr: StageTrainer, official: bool = False) -> Step:
     """CSD's step written out by hand. ``official``: the official trainer's structure (VGG passes under
     autograd, positive detached afterwards, negatives a shuffle of the first K LR patches)."""
     net = copy.deepcopy(tr.stage.branches["w1.0"].model)
-    vgg = next(t.loss.features for t in tr.stage.terms if hasattr(t.loss, "features"))
+    vgg = next(t.loss.features for t in tr.stage.terms if hasattr(t.loss, "features")).to(tr.device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     layer_weights, k = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0), 10
 
@@ -133,15 +133,15 @@ def bare_csd(tr: StageTrainer, official: bool = False) -> Step:
     return step
 
 
-def variants(name: str, case: dict[str, Any], tmp: Path) -> tuple[str, dict[str, Step]]:
+def variants(name: str, case: dict[str, Any], tmp: Path, device: torch.device) -> tuple[str, dict[str, Step]]:
     """The case's baseline name and its step functions, baseline included."""
-    tr = kdsr_trainer(case, tmp)
+    tr = kdsr_trainer(case, tmp, device)
     if name == "output_kd":
         return "bare", {"kdsr": kdsr_step(tr), "bare": bare_output_kd(tr)}
     if name == "csd":
         return "bare", {"kdsr": kdsr_step(tr), "bare": bare_csd(tr)}
-    channels_last = kdsr_trainer(case, tmp, channels_last=True)
-    bf16_vgg = kdsr_trainer({**case, "stage": cssr_csd_stage(16, vgg_precision="bf16")}, tmp, channels_last=True)
+    channels_last = kdsr_trainer(case, tmp, device, channels_last=True)
+    bf16_vgg = kdsr_trainer({**case, "stage": cssr_csd_stage(16, vgg_precision="bf16")}, tmp, device, channels_last=True)
     return "official", {
         "kdsr": kdsr_step(tr),
         "kdsr_channels_last": kdsr_step(channels_last),
@@ -150,25 +150,29 @@ def variants(name: str, case: dict[str, Any], tmp: Path) -> tuple[str, dict[str,
     }
 
 
-def measure(name: str, steps: int, warmup: int = 2) -> dict[str, Any]:
-    case = CASES[name]
+def measure(name: str, steps: int, warmup: int = 2, device: str = "cpu", case: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``case``: the case's settings (default ``CASES[name]``), e.g. smaller patches to check a script."""
+    case, dev = case or CASES[name], torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
-        baseline, fns = variants(name, case, Path(tmp))
+        baseline, fns = variants(name, case, Path(tmp), dev)
         g = torch.Generator().manual_seed(0)
         b, p = case["batch"], case["lr_patch"]
-        lr = torch.rand(b, 3, p, p, generator=g)
-        hr = torch.rand(b, 3, p * 4, p * 4, generator=g)
+        lr = torch.rand(b, 3, p, p, generator=g).to(dev)
+        hr = torch.rand(b, 3, p * 4, p * 4, generator=g).to(dev)
         times: dict[str, list[float]] = {who: [] for who in fns}
         order = list(fns)
         for i in range(steps + warmup):
             for who in order[i % len(order) :] + order[: i % len(order)]:  # rotate who goes first
+                sync()
                 t0 = time.perf_counter()
                 fns[who](lr, hr, i)
+                sync()
                 if i >= warmup:
                     times[who].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = {k: v / med[baseline] for k, v in med.items() if k != baseline}
-    out = {"case": case, "baseline": baseline, "median_step_s": med, "ratio_to_baseline": ratio, "steps": steps}
+    out = {"case": case, "baseline": baseline, "median_step_s": med, "ratio_to_baseline": ratio, "steps": steps, "device": str(dev)}
     if baseline == "bare":
         out["overhead"] = ratio["kdsr"] - 1.0
     shown = ", ".join(f"{k} {v:.3f}" for k, v in med.items())
