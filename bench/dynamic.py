@@ -127,14 +127,14 @@ def targets(sets: dict[str, Any]) -> list[str]:
     lines = []
     for label, row in sets.items():
         fixed = row["fixed"]
-        for p in (p for p in row["policies"] if p["name"] == "budget-redegradation"):
+        for p in row["policies"]:  # every measure's Multi-Adds budgets (and the time budget)
             # above every fixed width: more PSNR than the linear interpolation of the fixed points at its Multi-Adds
             pts = sorted((f["macs_fraction"], f["psnr"]) for f in fixed)
             below = next(((a, b) for a, b in zip(pts, pts[1:]) if a[0] <= p["macs_fraction"] <= b[0]), None)
             line = below and below[0][1] + (below[1][1] - below[0][1]) * (p["macs_fraction"] - below[0][0]) / max(below[1][0] - below[0][0], 1e-12)
             ok = line is not None and p["psnr"] > line
             lines.append(
-                f"- {label} budget {p['budget']}: {p['psnr']:.3f} dB at {p['macs_fraction']:.1%} Multi-Adds, {p['time_fraction']:.1%} time "
+                f"- {label} {p['name']} {p['budget']}: {p['psnr']:.3f} dB at {p['macs_fraction']:.1%} Multi-Adds, {p['time_fraction']:.1%} time "
                 f"(of one whole-image pass: {p['whole_macs_fraction']:.1%}, {p['whole_time_fraction']:.1%}); above the fixed widths: {'yes' if ok else 'no'}"
             )
     b100 = sets.get("B100")

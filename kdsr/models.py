@@ -38,7 +38,7 @@ RUNTIME_FORMATS = {"onnx": ("an ONNX", "onnxruntime"), "torchscript": ("a TorchS
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, dict[str, Stage]]:
-    """The run's config and its finished stages with their final weights loaded."""
+    """The run's config and its finished stages (their branches, no loss terms) with their final weights loaded."""
     run_dir = Path(run_dir)
     resolved = run_dir / RESOLVED
     if not resolved.exists():
@@ -54,7 +54,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, dict[str, Stage]]:
         if sc.name not in done:
             break
         torch.manual_seed(config.seed + i)
-        stage = build_stage(config, i, stages)
+        stage = build_stage(config, i, stages, losses=False)  # inference needs the trained branches only
         load_final(run_dir, sc.name, stage.branches)
         stages[sc.name] = stage
     return config, stages

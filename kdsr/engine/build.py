@@ -155,8 +155,9 @@ def resolve_model(spec: ModelSpec, scale: int, where: str, finished: dict[str, S
     return Branch(copy.deepcopy(src.model), dict(src.kwargs))
 
 
-def build_stage(config: RunConfig, index: int, finished: dict[str, Stage], load: bool = True) -> Stage:
-    """Build a stage's branches and losses with validated options (``load=False``: no weight files read)."""
+def build_stage(config: RunConfig, index: int, finished: dict[str, Stage], load: bool = True, losses: bool = True) -> Stage:
+    """Build a stage's branches and losses with validated options (``load=False``: no weight files read;
+    ``losses=False``: the branches alone, as inference needs them: no VGG built, no loss warnings)."""
     sc = config.stages[index]
     where = f"stages[{index}]"
     branches: dict[str, Branch] = {}
@@ -181,6 +182,8 @@ def build_stage(config: RunConfig, index: int, finished: dict[str, Stage], load:
     if sc.student.init is not None:
         init_student(sc.student.init, students, config.scale, f"{where}.student.init", finished, load)
     stage = Stage(sc, branches)
+    if not losses:
+        return stage
     stage.terms = [build_term(spec, stage, f"{where}.losses[{j}]") for j, spec in enumerate(sc.losses)]
     for j, (spec, term) in enumerate(zip(sc.losses, stage.terms)):
         try:
