@@ -99,3 +99,12 @@ def test_eval_shows_the_psnr_delta_of_a_lower_precision(tmp_path, monkeypatch, c
     assert {"teacher", "teacher [bf16]"} <= set(results)
     row = results["teacher [bf16]"]["val"]
     assert row["psnr_delta"] == pytest.approx(row["psnr"] - results["teacher"]["val"]["psnr"])
+
+
+def test_int8_is_checked_on_a_calibration_image_not_on_noise(tmp_path):
+    """int8's ranges hold for images like its calibration folder: the check probes with one of them."""
+    make_image_folder(tmp_path / "cal", n=2, size=(40, 52), seed=3)
+    probe = rt.check_probe(Runtime("int8", "onnxruntime", tmp_path / "cal"))
+    first = torch.from_numpy(rt.calibration_inputs(tmp_path / "cal", limit=1)[0])
+    assert torch.equal(probe, first)
+    assert rt.check_probe(Runtime()).shape == rt.CHECK_SIZE  # other runtimes: the random probe

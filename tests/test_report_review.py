@@ -153,3 +153,13 @@ def test_csd_without_vgg_file_declares_its_caveat():
     (caveat,) = loss.caveats
     assert "RANDOM VGG-19" in caveat and "vgg_weights" in caveat
     assert registry("loss").create("l1", {}, where="test").caveats == ()
+
+
+def test_dynamic_section_says_when_the_budget_was_not_held():
+    from kdsr.report import dynamic_markdown
+
+    row = {"psnr": 30.0, "full_psnr": 30.1, "time_fraction": 0.3, "patches": {"w0.5": 0.5, "w1.0": 0.5}}
+    dyn = {"stage": "s", "policy": "budget", "budget": 0.5, "measure": "redegradation", "tile": 64, "overlap": 16,
+           "calibration": "4 training image(s)", "sets": {"A": {**row, "macs_fraction": 0.52}, "B": {**row, "macs_fraction": 0.3}}}
+    text = "\n".join(dynamic_markdown(dyn))
+    assert "The budget was not held (more than 10% off 0.5) on B (30.0%)" in text and "A (" not in text.split("not held")[1]
