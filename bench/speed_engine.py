@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import tempfile
 import time
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchlib import write_result
+from benchlib import RESULTS, provenance, write_result
 from kdsr.config import parse_config
 from kdsr.engine.build import build_stage
 from kdsr.engine.context import RunContext
@@ -186,7 +187,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="measured steps per variant")
     p.add_argument("--paper-steps", type=int, default=3, help="measured steps per variant of csd_paper (~25 s each)")
     args = p.parse_args()
-    results = {name: measure(name, args.paper_steps if name == "csd_paper" else args.steps) for name in args.cases}
+    path = RESULTS / "speed_engine.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    keep = {k: old[k] for k in ("machine", "commit", "dirty_tree", "date") if k in old}
+    results = {name: {**keep, **case} for name, case in old.get("cases", {}).items()}  # cases not measured again stay, with their provenance
+    for name in args.cases:
+        results[name] = {**measure(name, args.paper_steps if name == "csd_paper" else args.steps), **provenance()}
     write_result("speed_engine", {"threads": torch.get_num_threads(), "cases": results})
 
 
