@@ -124,6 +124,8 @@ def bench(run: Path, calibration: Path, sets: tuple[str, ...], budgets: tuple[fl
 
 def targets(sets: dict[str, Any]) -> list[str]:
     """The issue's targets, each with whether this result meets it."""
+    from kdsr.inference import budget_held
+
     lines = []
     for label, row in sets.items():
         fixed = row["fixed"]
@@ -137,11 +139,11 @@ def targets(sets: dict[str, Any]) -> list[str]:
                 f"- {label} {p['name']} {p['budget']}: {p['psnr']:.3f} dB at {p['macs_fraction']:.1%} Multi-Adds, {p['time_fraction']:.1%} time "
                 f"(of one whole-image pass: {p['whole_macs_fraction']:.1%}, {p['whole_time_fraction']:.1%}); above the fixed widths: {'yes' if ok else 'no'}"
             )
-    for label, row in sets.items():  # a Multi-Adds budget holds when it spends within 10% (relative) of itself
+    for label, row in sets.items():
         parts = []
         for name in dict.fromkeys(p["name"] for p in row["policies"] if not p["name"].endswith("-time")):
             macs = [p for p in row["policies"] if p["name"] == name]
-            held = sum(abs(p["macs_fraction"] - p["budget"]) <= 0.1 * p["budget"] for p in macs)
+            held = sum(budget_held(p["budget"], p["macs_fraction"]) for p in macs)
             parts.append(f"{name} {held} of {len(macs)} (" + ", ".join(f"{p['budget']:g} -> {p['macs_fraction']:.2f}" for p in macs) + ")")
         lines.append(f"- {label}: Multi-Adds budgets held within 10% (budget -> spent): " + "; ".join(parts))
     b100 = sets.get("B100")

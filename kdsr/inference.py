@@ -66,6 +66,12 @@ class Policy:
 BUDGET_TOLERANCE = 0.1  # relative miss of a budget that earns a warning
 
 
+def budget_held(target: float, achieved: float) -> bool:
+    """Whether a budget ``target`` (a fraction of the full branch) was held: ``achieved`` within
+    ``BUDGET_TOLERANCE`` of it, relative."""
+    return abs(achieved - target) <= BUDGET_TOLERANCE * target
+
+
 def budget_check(policy: Policy, macs_fraction: float, time_fraction: float) -> dict[str, Any] | None:
     """The policy's budget against what it achieved, warned about in one line when off by more than
     ``BUDGET_TOLERANCE`` (relative); ``None`` for a policy without a budget."""
@@ -73,7 +79,7 @@ def budget_check(policy: Policy, macs_fraction: float, time_fraction: float) -> 
         return None
     kind, target = policy.target
     achieved = macs_fraction if kind == "macs" else time_fraction
-    within = abs(achieved - target) <= BUDGET_TOLERANCE * target
+    within = budget_held(target, achieved)
     if not within:
         log.warning(
             f"budget {target:.2f} of the full branch's {'Multi-Adds' if kind == 'macs' else 'time'} was not held: "

@@ -142,6 +142,22 @@ class Registry:
                 f"fix the plugin or disable it (KDSR_DISABLE_PLUGINS={entry.plugin})"
             ) from exc
 
+    def create_inner(self, name: str, options: dict[str, Any] | None = None, name_key: str = "backbone", options_key: str = "options", **reserved: Any) -> Any:
+        """Build ``name`` inside another factory that takes it as its ``name_key`` option, with
+        ``options_key`` options (e.g. a student constructor's inner backbone).
+
+        A bad name or option is raised as ``ValueError`` with its path inside the outer factory's options
+        (``options.n_feats: ...``), so the outer :meth:`create` reports it under the config entry it is
+        about (``stages[1].student.options: student 'hkdsr': options.n_feats: ...``); a bug in the inner
+        entry's plugin stays a :class:`PluginError`, which names it."""
+        try:
+            self.get(name, name_key)
+            return self.create(name, options, options_key, **reserved)
+        except PluginError:
+            raise
+        except KdsrError as exc:
+            raise ValueError(str(exc)) from None
+
 
 def describe_exception(exc: BaseException) -> str:
     """``Type: first line of the message`` (``Type`` alone when it has none), for one-line errors."""

@@ -20,7 +20,7 @@ from kdsr.config import RunConfig
 from kdsr.engine.build import Stage
 from kdsr.engine.evaluate import BICUBIC
 from kdsr.files import write_atomic
-from kdsr.inference import BUDGET_TOLERANCE
+from kdsr.inference import BUDGET_TOLERANCE, budget_held
 from kdsr.profiling import count_params, lr_size_for, measure_latency, profile_macs
 from kdsr.rundir import read_records
 
@@ -286,7 +286,7 @@ def dynamic_markdown(dyn: dict[str, Any]) -> list[str]:
     for s, r in dyn["sets"].items():
         shares = " | ".join(f"{r['patches'][b]:.0%}" for b in branches)
         lines.append(f"| {s} | {r['psnr']:.2f} | {r['full_psnr']:.2f} | {r['macs_fraction']:.1%} | {r['time_fraction']:.1%} | {shares} |")
-    missed = {s: r["macs_fraction"] for s, r in dyn["sets"].items() if abs(r["macs_fraction"] - dyn["budget"]) > BUDGET_TOLERANCE * dyn["budget"]}
+    missed = {s: r["macs_fraction"] for s, r in dyn["sets"].items() if not budget_held(dyn["budget"], r["macs_fraction"])}
     if missed:
         lines += [
             "",

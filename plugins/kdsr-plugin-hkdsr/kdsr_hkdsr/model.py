@@ -22,24 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdsr import Branch, KdsrError
-from kdsr.errors import PluginError
+from kdsr import Branch
 from kdsr.plugins import registry
 from kdsr.weights import strip_run_prefix
 from kdsr_hkdsr.heads import HeadedSR
 
 
 def _build_backbone(name: str, options: dict[str, Any] | None, scale: int) -> nn.Module:
-    """The inner backbone, its options checked against its own bounds (``kdsr.bounds``). Errors are
-    ``ValueError`` with the path inside this factory's options, so kdsr reports them under the config entry
-    they are about (``stages[i].student.options: student 'hkdsr': options.n_feats: ...``)."""
-    try:
-        registry("backbone").get(name, where="backbone")
-        return registry("backbone").create(name, options, where="options", scale=scale)
-    except PluginError:
-        raise  # a bug in the inner backbone's plugin, which the message names
-    except KdsrError as exc:
-        raise ValueError(str(exc)) from None
+    """The inner backbone, its options checked against its own bounds; errors are reported under the
+    config entry of this factory (``Registry.create_inner``)."""
+    return registry("backbone").create_inner(name, options, scale=scale)
 
 
 def _check_heads(heads: list[str] | None) -> None:
