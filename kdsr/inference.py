@@ -29,7 +29,7 @@ from kdsr.scoring import (  # noqa: F401
     official_calc_psnr,
     redegradation_psnr,
 )
-from kdsr.tiling import WINDOW_PIXELS, Window, plan_tile, run_windows, stitch, tiles_change_output, window_pixels, windows
+from kdsr.tiling import WINDOW_PIXELS, Window, merge, plan_tile, run_windows, stitch, tiles_change_output, window_pixels, windows
 
 log = logging.getLogger("kdsr")
 
@@ -61,6 +61,16 @@ class Policy:
     def routes_patches(self, tiles: int) -> bool:
         """Whether an image cut into ``tiles`` patches is routed patch by patch (else as one image)."""
         return self.per_patch
+
+    def route(self, lr: torch.Tensor, tiles: list[Window], router: Router) -> dict[str, list[Window]]:
+        """Which branch serves each of ``tiles`` (patches of ``lr``, 1x3xhxw) when routing patch by patch:
+        branch -> its tiles. By default :meth:`select` is asked per patch; a policy that decides for the
+        image as a whole (e.g. to hold a budget on it, priced by :meth:`Router.spend`) overrides this."""
+        groups: dict[str, list[Window]] = {}
+        for t in tiles:
+            y0, y1, x0, x1 = t.core
+            groups.setdefault(self.select(lr[..., y0:y1, x0:x1], router.choices), []).append(t)
+        return groups
 
 
 BUDGET_TOLERANCE = 0.1  # relative miss of a budget that earns a warning
@@ -99,8 +109,9 @@ class Routed:
     tiles: Counter = field(default_factory=Counter)  # branch -> number of tiles (or 1 for a whole image)
     pixels: Counter = field(default_factory=Counter)  # branch -> LR pixels its windows computed
     macs: float = 0.0
-    full_macs: float = 0.0  # the full branch on the same tiles: the fraction compares like with like
-    overhead: float = 0.0  # extra compute of the tile overlaps over one whole-image pass
+    full_macs: float = 0.0  # the full branch routed over the same tiles (full_pixels): like with like
+    full_pixels: int = 0  # LR pixels the full branch's windows compute on this image's tiles
+    overhead: float = 0.0  # extra compute of those windows' overlaps over one whole-image pass
 
     @property
     def fraction(self) -> float:
@@ -123,8 +134,10 @@ class Router:
     ``PATCH_TILE`` patches; others get the fewest-pixel even tiling whose windows hold at most
     ``WINDOW_PIXELS`` LR pixels (a 720p output is one window: tiled == whole). Tiles split each axis
     evenly (:func:`kdsr.tiling.windows`): cores of at most ``tile``, all in windows of one shape.
-    Each forward pass runs as many windows as ``WINDOW_PIXELS`` LR pixels hold, so small patches of a
-    narrow branch do not pay per-call overhead; ``batch`` caps that number (less memory, e.g. on a GPU).
+    ``merge``: neighbouring tiles routed to one branch run as one window (:func:`kdsr.tiling.merge`), so
+    the overlaps' context is paid where branches meet, not around every patch. Each forward pass runs
+    as many windows of one shape as ``WINDOW_PIXELS`` LR pixels hold, so small patches of a narrow
+    branch do not pay per-call overhead; ``batch`` caps that number (less memory, e.g. on a GPU).
     """
 
     def __init__(
@@ -138,10 +151,11 @@ class Router:
         batch: int | None = None,
         device: torch.device | str = "cpu",
         runtime: Runtime = FP32,
+        merge: bool = True,
     ) -> None:
         self.branches, self.choices, self.policy = branches, list(choices), policy
         self.scale, self.tile, self.overlap, self.batch, self.device = scale, tile, overlap, batch, device
-        self.runtime = runtime
+        self.runtime, self.merge = runtime, merge
         copies: dict = {}  # weight-shared branches share one prepared network
         self.runners = {name: prepare(b, runtime, device, copies) for name, b in branches.items()}
         self.full = max(self.choices, key=lambda c: c.macs_per_pixel)
@@ -173,16 +187,34 @@ class Router:
             return [Window((0, h, 0, w), (0, h, 0, w))]
         return windows(h, w, size, self.overlap)
 
-    def select_tiles(self, lr: torch.Tensor) -> dict[str, list[Window]]:
-        """Which tiles of ``lr`` each branch serves."""
+    def select_tiles(self, lr: torch.Tensor) -> tuple[dict[str, list[Window]], bool]:
+        """Which tiles of ``lr`` each branch serves, and whether they were routed patch by patch."""
         tiles = self._tiles(*lr.shape[-2:])
         if not self.policy.routes_patches(len(tiles)):
-            return {self.policy.select(lr, self.choices): tiles}
-        groups: dict[str, list[Window]] = {}
-        for t in tiles:
-            y0, y1, x0, x1 = t.core
-            groups.setdefault(self.policy.select(lr[..., y0:y1, x0:x1], self.choices), []).append(t)
-        return groups
+            return {self.policy.select(lr, self.choices): tiles}, False
+        return self.policy.route(lr, tiles, self), True
+
+    def plan(self, groups: dict[str, list[Window]], h: int, w: int) -> dict[str, list[Window]]:
+        """The windows each branch computes for the patches it was routed (branch -> tiles of an h x w
+        image): neighbours merged (see ``merge``) into windows no larger than a forward pass of the
+        patches holds."""
+        if not self.merge or sum(map(len, groups.values())) < 2:
+            return groups
+        tile = next(t for ts in groups.values() for t in ts)
+        cap = WINDOW_PIXELS if self.batch is None else max(window_pixels(tile), self.batch * window_pixels(tile))
+        return merge(groups, h, w, self.overlap, max_pixels=min(cap, WINDOW_PIXELS))
+
+    def spend(self, groups: dict[str, list[Window]], h: int, w: int, cost: dict[str, float] | None = None) -> float:
+        """What computing ``groups`` (branch -> patches of an h x w image) through :meth:`plan` costs, as a
+        fraction of the full branch's plan for all of them; ``cost``: per-pixel cost of each branch
+        (default Multi-Adds; :meth:`latencies` for time)."""
+        cost = cost or self.cost
+        spent = sum(cost[b] * sum(window_pixels(t) for t in ts) for b, ts in self.plan(groups, h, w).items())
+        return spent / (cost[self.full.name] * self._full_pixels(groups, h, w, True))
+
+    def _full_pixels(self, groups: dict[str, list[Window]], h: int, w: int, patched: bool) -> int:
+        tiles = [t for ts in groups.values() for t in ts]
+        return sum(window_pixels(t) for t in (self.plan({self.full.name: tiles}, h, w)[self.full.name] if patched else tiles))
 
     @torch.no_grad()
     def __call__(self, lr: torch.Tensor) -> Routed:
@@ -190,31 +222,33 @@ class Router:
         lr = lr.unsqueeze(0) if lr.dim() == 3 else lr
         lr = lr.cpu()
         _, c, h, w = lr.shape
-        groups = self.select_tiles(lr)
+        cells, patched = self.select_tiles(lr)
+        groups = self.plan(cells, h, w) if patched else cells  # a whole-image choice keeps its (memory) tiles
         # tiles of different branches meet: cross-fade the seams over half the overlap
         size = self._tile_size(h, w)
         blend = min(self.overlap, *size) // 2 if len(groups) > 1 and size is not None else 0
         image = np.empty((h * self.scale, w * self.scale, c), dtype=np.uint8)
-        batch = self._batch(window_pixels(next(iter(groups.values()))[0]))  # one window shape per image
+        batch = self.batch or sum(map(len, groups.values()))  # each pass also holds at most WINDOW_PIXELS
         if blend == 0:  # cores pasted straight into the 8-bit image (a 1x3xHxW view of it)
             view = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
             for name, tiles in groups.items():
-                run_windows(self.runners[name], lr, self.scale, tiles, view, batch, self.device)
+                run_windows(self.runners[name], lr, self.scale, tiles, view, batch, self.device, pixels=WINDOW_PIXELS)
         else:  # cross-faded seams: one float strip at a time, finished rows quantised into the image
 
             def emit(row: int, rows: torch.Tensor) -> None:
                 image[row : row + rows.shape[2]] = rows[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
 
             runs = [(self.runners[name], tiles) for name, tiles in groups.items()]
-            stitch(runs, lr, self.scale, emit, batch, self.device, blend)
+            stitch(runs, lr, self.scale, emit, batch, self.device, blend, WINDOW_PIXELS)
         result = Routed(image)
         for name, tiles in groups.items():
             pixels = sum(window_pixels(t) for t in tiles)
-            result.tiles[name] += len(tiles)
+            result.tiles[name] += len(cells.get(name, ()))
             result.pixels[name] += pixels
             result.macs += self.cost[name] * pixels
-            result.full_macs += self.cost[self.full.name] * pixels
-        result.overhead = result.full_macs / (self.cost[self.full.name] * h * w) - 1.0
+        result.full_pixels = self._full_pixels(cells, h, w, patched)
+        result.full_macs = self.cost[self.full.name] * result.full_pixels
+        result.overhead = result.full_pixels / (h * w) - 1.0
         return result
 
     def _batch(self, pixels: int) -> int:
@@ -246,21 +280,23 @@ class Router:
                     self._latency[name] = statistics.median(times[1:]) / x[:, 0].numel()
         return self._latency
 
-    def time_fraction(self, pixels: Counter) -> float:
+    def time_fraction(self, pixels: Counter, full_pixels: int | None = None) -> float:
         """Estimated compute time of routing that ran ``pixels`` (branch -> LR window pixels, summed
-        :attr:`Routed.pixels`) over the full branch's on the same windows, priced by :meth:`latencies`
-        (1.0 without a choice to make: nothing is measured then)."""
+        :attr:`Routed.pixels`) over the full branch's on ``full_pixels`` (summed :attr:`Routed.full_pixels`;
+        default the same pixels), priced by :meth:`latencies` (1.0 without a choice to make: nothing is
+        measured then)."""
         if len(self.choices) == 1 or not pixels:
             return 1.0
         latency = self.latencies()
         spent = sum(latency[name] * px for name, px in pixels.items())
-        return spent / (latency[self.full.name] * sum(pixels.values()))
+        return spent / (latency[self.full.name] * (full_pixels or sum(pixels.values())))
 
     def describe(self) -> dict[str, Any]:
         return {
             "tile": self.tile,
             "overlap": self.overlap,
             "batch": self.batch,  # None: as many windows per pass as WINDOW_PIXELS hold
+            "merge": self.merge,
             "runtime": self.runtime.label,
             "branches": [c.__dict__ for c in self.choices],
             "tiling_changes_output": self.tiling_changes,

@@ -8,9 +8,11 @@ cross-fade band). For a CNN whose receptive-field radius is at most ``overlap`` 
 when blending) the stitched result equals whole-image inference; for windowed transformers and
 networks that pool over the whole input (RCAN's channel attention, IMDN's contrast-aware attention)
 it is only an approximation, and :func:`tiles_change_output` says which networks those are.
-Only the window batch lives on the device, and only one row of tiles is held in float: :func:`stitch`
-hands each finished band of HR rows to its caller (the router quantises it into a uint8 image), so the
-memory of a huge output is its 8-bit image plus one strip.
+Per-patch routing joins neighbouring tiles served by one branch into one window (:func:`merge`), so a
+branch pays the context only around its region, not around every patch of it.
+Only the window batch lives on the device, and only the rows that unfinished windows reach are held in
+float: :func:`stitch` hands each finished band of HR rows to its caller (the router quantises it into a
+uint8 image), so the memory of a huge output is its 8-bit image plus a strip.
 """
 
 from __future__ import annotations
@@ -95,9 +97,68 @@ def window_pixels(t: Window) -> int:
     return (t.window[1] - t.window[0]) * (t.window[3] - t.window[2])
 
 
-def _batches(items: list[Window], size: int) -> Iterator[list[Window]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+MERGE_HEIGHT = 256  # LR rows a merged window's core spans at most: bounds the float strip stitch holds
+
+
+def merge(
+    cells: dict[str, list[Window]], h: int, w: int, overlap: int, max_pixels: int = WINDOW_PIXELS, max_height: int = MERGE_HEIGHT
+) -> dict[str, list[Window]]:
+    """Join neighbouring cells of one tiling (:func:`windows`) that the same key (a branch) serves into
+    rectangles, each computed as one window: its core plus ``overlap`` context, clamped to the image.
+
+    Cells are taken row by row; each unclaimed cell grows right, then down, over unclaimed cells of its
+    key, while the window holds at most ``max_pixels`` LR pixels and the core at most ``max_height``
+    rows. A cell that stays alone keeps its own window (one shape with its like, so they batch). One
+    key everywhere gives the fewest windows the bounds allow: an image that fits is one window.
+    """
+    ys = sorted({t.core[:2] for ts in cells.values() for t in ts})
+    xs = sorted({t.core[2:] for ts in cells.values() for t in ts})
+    row, col = {y: i for i, y in enumerate(ys)}, {x: j for j, x in enumerate(xs)}
+    grid: dict[tuple[int, int], tuple[str, Window]] = {
+        (row[t.core[:2]], col[t.core[2:]]): (key, t) for key, ts in cells.items() for t in ts
+    }
+
+    def fits(i0: int, i1: int, j0: int, j1: int) -> bool:
+        y0, y1, x0, x1 = ys[i0][0], ys[i1][1], xs[j0][0], xs[j1][1]
+        wy = min(y1 + overlap, h) - max(y0 - overlap, 0)
+        wx = min(x1 + overlap, w) - max(x0 - overlap, 0)
+        return wy * wx <= max_pixels and y1 - y0 <= max_height
+
+    def free(i: int, j: int, key: str) -> bool:
+        return (i, j) in grid and (i, j) not in claimed and grid[i, j][0] == key
+
+    claimed: set[tuple[int, int]] = set()
+    out: dict[str, list[Window]] = {key: [] for key in cells}
+    for i, j in sorted(grid):
+        if (i, j) in claimed:
+            continue
+        key, cell = grid[i, j]
+        j1 = j
+        while free(i, j1 + 1, key) and fits(i, i, j, j1 + 1):
+            j1 += 1
+        i1 = i
+        while all(free(i1 + 1, jj, key) for jj in range(j, j1 + 1)) and fits(i, i1 + 1, j, j1):
+            i1 += 1
+        claimed.update((ii, jj) for ii in range(i, i1 + 1) for jj in range(j, j1 + 1))
+        if (i1, j1) == (i, j):
+            out[key].append(cell)
+            continue
+        y0, y1, x0, x1 = ys[i][0], ys[i1][1], xs[j][0], xs[j1][1]
+        window = (max(y0 - overlap, 0), min(y1 + overlap, h), max(x0 - overlap, 0), min(x1 + overlap, w))
+        out[key].append(Window((y0, y1, x0, x1), window))
+    return out
+
+
+def _batches(items: list[Window], size: int, pixels: int | None) -> Iterator[list[Window]]:
+    """Windows of one shape together (in order of first appearance), ``size`` per batch, fewer where a batch
+    would hold more than ``pixels`` LR pixels (at least one)."""
+    shapes: dict[tuple[int, int], list[Window]] = {}
+    for t in items:
+        shapes.setdefault((t.window[1] - t.window[0], t.window[3] - t.window[2]), []).append(t)
+    for (wh, ww), group in shapes.items():
+        n = size if pixels is None else max(1, min(size, pixels // (wh * ww)))
+        for i in range(0, len(group), n):
+            yield group[i : i + n]
 
 
 def _ramp(c0: int, c1: int, size: int, band: int, scale: int) -> tuple[int, torch.Tensor]:
@@ -128,8 +189,10 @@ def run_windows(
     blend: int = 0,
     weights: torch.Tensor | None = None,
     row0: int = 0,
+    pixels: int | None = None,
 ) -> None:
-    """Super-resolve ``tiles`` of ``lr`` (1x3xhxw, CPU) with ``fn`` into ``out``.
+    """Super-resolve ``tiles`` of ``lr`` (1x3xhxw, CPU) with ``fn`` into ``out``: windows of one shape
+    ``batch`` at a time, fewer where a pass would hold more than ``pixels`` LR pixels.
 
     ``blend == 0`` pastes each core. ``blend > 0`` (at most the overlap) instead accumulates each tile
     over its core widened by ``blend`` LR pixels, weighted by linear ramps, into ``out`` and the
@@ -139,7 +202,7 @@ def run_windows(
     quantised as it is pasted, so no float copy of the whole output is ever made.
     """
     h, w = lr.shape[-2:]
-    for group in _batches(tiles, batch):
+    for group in _batches(tiles, batch, pixels):
         x = torch.cat([lr[..., t.window[0] : t.window[1], t.window[2] : t.window[3]] for t in group]).to(device)
         y = fn(x).float().cpu()
         for t, sr in zip(group, y):
@@ -171,35 +234,41 @@ def stitch(
     batch: int = 4,
     device: torch.device | str = "cpu",
     blend: int = 0,
+    pixels: int | None = None,
 ) -> None:
-    """Run every ``(fn, tiles)`` of ``runs`` over ``lr`` (1x3xhxw, CPU), one row of tiles at a time, and
-    pass each finished band of HR rows, top to bottom, to ``emit(first_row, rows)`` (1x3xRxW float).
+    """Run every ``(fn, tiles)`` of ``runs`` over ``lr`` (1x3xhxw, CPU), tiles in order of their core's
+    first row, and pass each finished band of HR rows, top to bottom, to ``emit(first_row, rows)``
+    (1x3xRxW float).
 
-    Only one strip (a tile row, plus the ``blend`` band shared with the next) is held in float, so
-    the output can be kept in 8 bits by ``emit``; tiles of one shape in a row run batched.
+    Only the rows between the last band emitted and the lowest row a started tile reaches are held in
+    float (one tile row, or the height of a merged window, see :func:`merge`), so the output can be kept in 8
+    bits by ``emit``; tiles of one shape that start on one row run batched.
     """
     _, c, h, w = lr.shape
-    rows = sorted({t.core[:2] for _, tiles in runs for t in tiles})
-    carry: tuple[torch.Tensor, torch.Tensor | None] | None = None
-    for y0, y1 in rows:
-        top = (max(y0 - blend, 0) if y0 > 0 else 0) * scale  # where this row's ramps start (see _ramp)
-        bottom = (min(y1 + blend, h) if y1 < h else h) * scale
-        out = torch.zeros(1, c, bottom - top, w * scale)
-        weights = torch.zeros(1, 1, bottom - top, w * scale) if blend else None
-        if carry is not None:  # the band the previous row shares with this one
-            out[:, :, : carry[0].shape[2]] += carry[0]
+    starts = sorted({t.core[0] for _, tiles in runs for t in tiles})
+    top = 0  # HR row of the strip's first row: everything above it was emitted
+    out = torch.zeros(1, c, 0, w * scale)
+    weights = torch.zeros(1, 1, 0, w * scale) if blend else None
+    for k, y0 in enumerate(starts):
+        row = [(fn, [t for t in tiles if t.core[0] == y0]) for fn, tiles in runs]
+        # the lowest HR row these tiles' widened cores reach (see _ramp)
+        bottom = max((min(t.core[1] + blend, h) if t.core[1] < h else h) * scale for _, ts in row for t in ts)
+        if bottom - top > out.shape[2]:
+            grow = bottom - top - out.shape[2]
+            out = torch.cat([out, out.new_zeros(1, c, grow, w * scale)], dim=2)
             if weights is not None:
-                weights[:, :, : carry[0].shape[2]] += carry[1]
-        for fn, tiles in runs:
-            row = [t for t in tiles if t.core[:2] == (y0, y1)]
-            if row:
-                run_windows(fn, lr, scale, row, out, batch, device, blend, weights, top)
-        done = ((y1 - blend) if y1 < h else h) * scale - top  # rows no later tile reaches
-        final = out[:, :, :done] if weights is None else out[:, :, :done] / weights[:, :, :done]
-        emit(top, final)
-        # only the shared band outlives the strip: two strips are never held at once
-        carry = (out[:, :, done:].clone(), None if weights is None else weights[:, :, done:].clone())
-        del out, weights, final
+                weights = torch.cat([weights, weights.new_zeros(1, 1, grow, w * scale)], dim=2)
+        for fn, tiles in row:
+            if tiles:
+                run_windows(fn, lr, scale, tiles, out, batch, device, blend, weights, top, pixels)
+        following = starts[k + 1] if k + 1 < len(starts) else h
+        done = ((following - blend) if following < h else h) * scale - top  # rows no later tile reaches
+        if done > 0:
+            emit(top, out[:, :, :done] if weights is None else out[:, :, :done] / weights[:, :, :done])
+            # only the rows later tiles still reach outlive the band
+            out = out[:, :, done:].clone()
+            weights = None if weights is None else weights[:, :, done:].clone()
+            top += done
 
 
 def tiled_sr(

@@ -42,7 +42,7 @@ def test_budget_calibrated_on_one_folder_holds_on_another(tmp_path, measure):
 
 
 def test_infer_reports_the_fraction_and_warns_once_when_the_budget_misses(tmp_path, caplog):
-    router = budget_router(mosaic_folder(tmp_path / "cal", 4, seed=1), 0.6)
+    router = budget_router(mosaic_folder(tmp_path / "cal", 4, seed=1), 0.6, hold="calibration")
     flat = mosaic_folder(tmp_path / "flat", 2, seed=3, texture=0.0)  # all easy: far under budget
     with caplog.at_level(logging.WARNING, logger="kdsr"):
         summary = infer(router, [flat], tmp_path / "out")
@@ -53,6 +53,16 @@ def test_infer_reports_the_fraction_and_warns_once_when_the_budget_misses(tmp_pa
     assert summary["time_fraction"] == pytest.approx(latency["cheap"] / latency["full"])
     warnings = [r.getMessage() for r in caplog.records if "budget" in r.getMessage()]
     assert len(warnings) == 1 and "\n" not in warnings[0] and "not held" in warnings[0]
+
+
+def test_budget_held_per_image_even_on_images_unlike_the_calibration(tmp_path):
+    """hold: image (the default) shifts the calibrated thresholds per image: flat images, which the
+    calibrated thresholds send all to the cheap branch, still spend the budget, and each image is near it."""
+    router = budget_router(mosaic_folder(tmp_path / "cal", 4, seed=1), 0.6)
+    assert spent(router, mosaic_folder(tmp_path / "flat", 2, seed=3, texture=0.0)) == pytest.approx(0.6, rel=0.1)
+    for _, lr, _ in SRPairs(ImageFolder(tmp_path / "cal"), 2):
+        routed = router(to_float(lr))
+        assert abs(routed.fraction - 0.6) <= 0.1, routed.fraction  # one patch's step of 16 either way
 
 
 def test_budget_check_within_tolerance_is_silent(caplog):
@@ -79,9 +89,12 @@ def test_time_budget_router_holds_its_time_fraction(tmp_path, monkeypatch):
     monkeypatch.setattr(Router, "latencies", lambda self: {"cheap": 2e-7, "full": 1e-6})
     router = budget_router(mosaic_folder(tmp_path / "cal", 4, seed=1), 0.7, cost="time")
     pixels: Counter = Counter()
-    for _, lr, _ in SRPairs(ImageFolder(tmp_path / "cal"), 2):
-        pixels.update(router(to_float(lr)).pixels)
-    assert router.time_fraction(pixels) == pytest.approx(router.policy.expected["fraction"], rel=1e-6)
+    full = 0
+    for _, lr, _ in SRPairs(ImageFolder(mosaic_folder(tmp_path / "other", 4, seed=2)), 2):
+        routed = router(to_float(lr))
+        pixels.update(routed.pixels)
+        full += routed.full_pixels
+    assert router.time_fraction(pixels, full) == pytest.approx(0.7, rel=0.1)  # on images it was not calibrated on
 
 
 @pytest.mark.parametrize("value", [0, -0.1, 1.5])

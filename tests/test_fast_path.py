@@ -107,3 +107,23 @@ def test_a_width_of_a_switchable_network_runs_as_its_plain_network():
     x = torch.rand(1, 3, 11, 13)
     with torch.no_grad():
         assert (runner(x) - branch(x)).abs().max().item() <= 1e-4
+
+
+def test_per_patch_routing_merges_patches_of_one_branch():
+    """A per-patch policy that sends every patch to one branch computes one whole-image window (no
+    context overhead), and its output is that of the unmerged patches (same network)."""
+    from kdsr.inference import Policy
+
+    class PerPatch(Policy):
+        per_patch = True
+
+        def select(self, lr, choices):
+            return "m"
+
+    model = tiny()
+    lr = torch.rand(1, 3, 37, 29, generator=torch.Generator().manual_seed(4))
+    merged = Router({"m": Branch(model)}, [Choice("m", 1.0)], PerPatch(), 2, tile=8, overlap=8)(lr)
+    cells = Router({"m": Branch(model)}, [Choice("m", 1.0)], PerPatch(), 2, tile=8, overlap=8, merge=False)(lr)
+    assert merged.tiles["m"] == cells.tiles["m"] == 20 and merged.overhead == 0.0 and cells.overhead > 1
+    assert merged.pixels["m"] == 37 * 29 and merged.full_pixels == 37 * 29
+    assert np.abs(merged.image.astype(int) - cells.image.astype(int)).max() <= 1

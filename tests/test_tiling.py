@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdsr.plugins import registry
-from kdsr.tiling import tiled_sr, windows
+from kdsr.tiling import Window, merge, stitch, tiled_sr, window_pixels, windows
 
 
 def test_windows_cover_the_image_once_with_even_cores():
@@ -70,3 +70,38 @@ def test_blended_stitching_is_a_partition_of_unity():
     assert torch.allclose(weights, torch.ones_like(weights))
     with torch.no_grad():
         assert (out / weights - model(lr)).abs().max().item() <= 1e-5
+
+
+def test_merge_joins_neighbours_of_one_branch_and_the_stitch_equals_the_whole_image():
+    """Cells routed to one branch run as one window each region; with one network behind both keys the
+    cross-faded result is still the whole-image output, and fewer pixels are computed."""
+    torch.manual_seed(0)
+    model = registry("backbone").create("edsr_baseline", {"n_feats": 8, "n_resblocks": 2}, scale=2).eval()
+    lr = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(3))
+    cells = windows(37, 53, 10, 10)
+    groups = {"a": cells[0::3], "b": [t for i, t in enumerate(cells) if i % 3]}
+    merged = merge(groups, 37, 53, 10)
+    assert sum(map(len, merged.values())) < len(cells)
+    assert sum(window_pixels(t) for ts in merged.values() for t in ts) < sum(window_pixels(t) for t in cells)
+    cores = sorted(t.core for ts in merged.values() for t in ts)  # the merged cores tile the image exactly once
+    covered = torch.zeros(37, 53, dtype=torch.int32)
+    for y0, y1, x0, x1 in cores:
+        covered[y0:y1, x0:x1] += 1
+    assert bool((covered == 1).all())
+    out = torch.full((1, 3, 74, 106), float("nan"))
+
+    def emit(row, rows):
+        out[:, :, row : row + rows.shape[2]] = rows
+
+    stitch([(model, merged["a"]), (model, merged["b"])], lr, 2, emit, batch=3, blend=4)
+    with torch.no_grad():
+        assert (out - model(lr)).abs().max().item() <= 5e-5  # float rounding of other window shapes
+
+
+def test_merge_respects_its_bounds():
+    cells = windows(100, 100, 10, 4)
+    one = merge({"a": cells}, 100, 100, 4)["a"]
+    assert one == [Window((0, 100, 0, 100), (0, 100, 0, 100))]  # one key everywhere: the whole image, if it fits
+    capped = merge({"a": cells}, 100, 100, 4, max_pixels=40 * 40, max_height=20)["a"]
+    assert all(window_pixels(t) <= 40 * 40 and t.core[1] - t.core[0] <= 20 for t in capped)
+    assert sum((t.core[1] - t.core[0]) * (t.core[3] - t.core[2]) for t in capped) == 100 * 100

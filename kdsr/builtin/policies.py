@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from kdsr.errors import KdsrError, did_you_mean
 from kdsr.hookspecs import hookimpl
 from kdsr.inference import Choice, Policy, Router
+from kdsr.tiling import Window
 from kdsr.metrics import psnr, quantize
 from kdsr.scoring import LEARNED, MEASURES, LearnedScorer, patch_features
 
@@ -42,6 +44,7 @@ class Fixed(Policy):
 
 AUTO_MIN_PATCHES = 4  # per="auto": an image of at least this many patches is routed patch by patch
 COSTS = ("macs", "time")
+HOLDS = ("image", "calibration")
 DEFAULT_GRID = 20
 
 
@@ -86,13 +89,25 @@ class Difficulty(Policy):
             return self.scorer.ease(patch_features(lr, self.scale))
         return self.measure(lr, self.scale)
 
+    def level(self, score: float, offset: float = 0.0) -> int:
+        """The branch (0: cheapest) of a patch of ``score``: the first threshold it exceeds (after ``offset``)."""
+        return next((k for k, t in enumerate(self.thresholds) if score + offset > t), len(self.thresholds))
+
     def select(self, lr: torch.Tensor, choices: Sequence[Choice]) -> str:
         ordered = sorted(choices, key=lambda c: c.macs_per_pixel)  # cheapest first
-        s = self.score(lr)
-        for t, choice in zip(self.thresholds, ordered):
-            if s > t:
-                return choice.name
-        return ordered[-1].name
+        return ordered[self.level(self.score(lr))].name
+
+    def route(self, lr: torch.Tensor, tiles: list[Window], router: Router) -> dict[str, list[Window]]:
+        scores = [self.score(lr[..., t.core[0] : t.core[1], t.core[2] : t.core[3]]) for t in tiles]
+        return self.assign(tiles, scores, router.choices)
+
+    def assign(self, tiles: list[Window], scores: list[float], choices: Sequence[Choice], offset: float = 0.0) -> dict[str, list[Window]]:
+        """Branch -> tiles, each tile by :meth:`level` of its score."""
+        ordered = sorted(choices, key=lambda c: c.macs_per_pixel)
+        groups: dict[str, list[Window]] = {}
+        for t, s in zip(tiles, scores):
+            groups.setdefault(ordered[self.level(s, offset)].name, []).append(t)
+        return groups
 
 
 class Budget(Difficulty):
@@ -100,16 +115,31 @@ class Budget(Difficulty):
     branch's, maximising mean PSNR on a calibration folder (ARM's calibrated lookup over kdsr branches).
 
     ``cost``: ``macs`` (Multi-Adds) or ``time``, priced by the router's measured branch latencies. The
-    thresholds are per-patch score quantiles of the whole calibration folder: a patch of given content
-    gets the same branch whatever image it is in, so the spent fraction transfers to other images with
-    similar content. ``measure: learned`` first fits :class:`kdsr.scoring.LearnedScorer` on the same
-    calibration patches. ``grid``: score quantiles tried per branch boundary; ``None`` (the report's few
-    training images) takes ``DEFAULT_GRID`` or as many as the calibration has patches."""
+    thresholds are per-patch score quantiles of the whole calibration folder. ``hold``: ``image`` (default)
+    holds the budget on every image routed patch by patch: the thresholds are shifted by the one offset
+    (in score units) that spends the most of the budget without exceeding it on that image's own windows,
+    priced after merging (:meth:`Router.spend`), so the budget holds on images unlike the calibration's.
+    ``calibration`` keeps the thresholds as calibrated: a patch of given content gets the same branch
+    whatever image it is in, and harder images spend more (the budget holds only on similar images).
+    ``measure: learned`` first fits :class:`kdsr.scoring.LearnedScorer` on the same calibration patches.
+    ``grid``: score quantiles tried per branch boundary; ``None`` (the report's few training images) takes
+    ``DEFAULT_GRID`` or as many as the calibration has patches."""
 
     def __init__(
-        self, budget: float, calibration: Any, measure: str, per: str, grid: int | None, benchmark: bool = True, cost: str = "macs"
+        self,
+        budget: float,
+        calibration: Any,
+        measure: str,
+        per: str,
+        grid: int | None,
+        benchmark: bool = True,
+        cost: str = "macs",
+        hold: str = "image",
     ) -> None:
         super().__init__([], measure, per, benchmark)
+        if hold not in HOLDS:
+            raise ValueError(f"hold must be one of {', '.join(HOLDS)}, got '{hold}'")
+        self.hold = hold
         if not 0 < budget <= 1:
             raise ValueError(f"budget must be a fraction in (0, 1], got {budget}")
         if cost not in COSTS:
@@ -135,8 +165,31 @@ class Budget(Difficulty):
             self.scorer = fit_scorer(table, router.choices)
             for row in table:
                 row["score"] = self.scorer.ease(row["features"])
-        cost = {c.name: c.macs_per_pixel for c in router.choices} if self.cost == "macs" else router.latencies()
-        self.thresholds, self.expected = fit_thresholds(table, router.choices, self.budget, grid, cost)
+        self.prices = {c.name: c.macs_per_pixel for c in router.choices} if self.cost == "macs" else router.latencies()
+        self.thresholds, self.expected = fit_thresholds(table, router.choices, self.budget, grid, self.prices)
+
+    def route(self, lr: torch.Tensor, tiles: list[Window], router: Router) -> dict[str, list[Window]]:
+        scores = [self.score(lr[..., t.core[0] : t.core[1], t.core[2] : t.core[3]]) for t in tiles]
+        if self.hold == "calibration":
+            return self.assign(tiles, scores, router.choices)
+        # offsets between the points where a patch changes branch, most spent first; the spend falls with
+        # the offset (up to merging): bisect for where it crosses the budget, keep the nearer side
+        points = sorted({t - s for t in self.thresholds if math.isfinite(t) for s in scores if math.isfinite(s)})
+        offsets = [points[0] - 1, *((a + b) / 2 for a, b in zip(points, points[1:])), points[-1] + 1] if points else [0.0]
+        h, w = lr.shape[-2:]
+        spend = functools.lru_cache(maxsize=None)(
+            lambda i: router.spend(self.assign(tiles, scores, router.choices, offsets[i]), h, w, self.prices)
+        )
+        lo, hi = 0, len(offsets) - 1  # the first offset within budget is in [lo, hi] (the last if none is)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if spend(mid) <= self.budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo > 0 and abs(spend(lo - 1) - self.budget) < abs(spend(lo) - self.budget):
+            lo -= 1  # just over the budget is nearer it than just under: images' misses then cancel
+        return self.assign(tiles, scores, router.choices, offsets[lo])
 
 
 def fit_scorer(rows: list[dict[str, Any]], choices: Sequence[Choice]) -> LearnedScorer:
@@ -155,20 +208,20 @@ def calibration_table(router: Router, source: Any, score: Callable[[torch.Tensor
     ``source``: an HR image folder, or ``(name, lr_uint8, hr_uint8)`` pairs already made (the
     report calibrates on a run's training pairs, which need not be a folder)."""
     from kdsr.data import ImageFolder, SRPairs, to_float
-    from kdsr.tiling import run_windows, window_pixels
+    from kdsr.tiling import WINDOW_PIXELS, run_windows, window_pixels
 
     is_folder = isinstance(source, (str, os.PathLike))
     rows = []
     for _, lr_u8, hr_u8 in SRPairs(ImageFolder(source), router.scale) if is_folder else source:
         lr, hr = to_float(lr_u8).unsqueeze(0), to_float(hr_u8)
         tiles = router._tiles(*lr.shape[-2:])
-        batch = router._batch(window_pixels(tiles[0]))
-        outs = {}
-        for c in router.choices:  # through the engine's prepared runners, as routing runs them
-            out = torch.empty(1, 3, hr.shape[-2], hr.shape[-1])
-            run_windows(router.runners[c.name], lr, router.scale, tiles, out, batch, router.device)
-            outs[c.name] = quantize(out[0])
         per_patch = router.policy.routes_patches(len(tiles))
+        outs = {}
+        for c in router.choices:  # through the engine's prepared runners, each over the whole image as routing runs it
+            out = torch.empty(1, 3, hr.shape[-2], hr.shape[-1])
+            plan = router.plan({c.name: tiles}, *lr.shape[-2:])[c.name] if per_patch else tiles
+            run_windows(router.runners[c.name], lr, router.scale, plan, out, router.batch or len(plan), router.device, pixels=WINDOW_PIXELS)
+            outs[c.name] = quantize(out[0])
         units = tiles if per_patch else [None]
         for t in units:
             if t is None:
@@ -177,7 +230,10 @@ def calibration_table(router: Router, source: Any, score: Callable[[torch.Tensor
                 y0, y1, x0, x1 = t.core
             s = router.scale
             ref = hr[:, y0 * s : y1 * s, x0 * s : x1 * s]
-            pixels = window_pixels(t) if t is not None else sum(window_pixels(u) for u in tiles)
+            if t is None:
+                pixels = sum(window_pixels(u) for u in tiles)
+            else:  # merged routing pays a patch's context only where branches meet: price its core
+                pixels = (y1 - y0) * (x1 - x0) if router.merge else window_pixels(t)
             patch = lr[..., y0:y1, x0:x1]
             row: dict[str, Any] = {"score": score(patch) if score else 0.0, "pixels": pixels, "patch": per_patch, "psnr": {}}
             if features:
@@ -257,11 +313,13 @@ def budget(
     grid: int = DEFAULT_GRID,
     benchmark: bool = True,
     cost: str = "macs",
+    hold: str = "image",
 ) -> Policy:
     """Routing calibrated on a folder to spend a fraction of the full branch's Multi-Adds (``cost: macs``)
     or measured time (``cost: time``); ``measure`` also ``learned`` (a fitted scorer); ``per``, ``benchmark``
-    as in difficulty; ``grid``: score quantiles tried per branch boundary."""
-    return Budget(budget, calibration, measure, per, grid, benchmark, cost)
+    as in difficulty; ``grid``: score quantiles tried per branch boundary; ``hold``: ``image`` (each image
+    routed by patches spends the budget) or ``calibration`` (the calibrated thresholds as they are)."""
+    return Budget(budget, calibration, measure, per, grid, benchmark, cost, hold)
 
 
 @hookimpl
