@@ -277,8 +277,8 @@ def dynamic_markdown(dyn: dict[str, Any]) -> list[str]:
         f"## Budget routing (dynamic inference) over the branches of stage '{dyn['stage']}'",
         "",
         f"Policy `{dyn['policy']}` (Multi-Adds budget {dyn['budget']:g} of the full branch; {dyn['measure']} score per "
-        f"{dyn['tile']} px LR patch, overlap {dyn['overlap']}), calibrated on {dyn['calibration']}. PSNR of the full "
-        "branch through the same tiles for comparison; time: wall clock of the routed vs the full pass, this machine.",
+        f"{dyn['tile']} px LR patch, overlap {dyn['overlap']}), calibrated on {dyn['calibration']}. PSNR and cost of the full "
+        "branch's whole-image pass for comparison; time: wall clock of the routed vs the full pass, this machine.",
         "",
         "| set | PSNR (policy) | PSNR (full) | Multi-Adds fraction | time fraction | " + " | ".join(f"patches {b}" for b in branches) + " |",
         "|---|---|---|---|---|" + "---|" * len(branches),
