@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import kdsr  # noqa: F401 - before torch, so its allocator setting (kdsr/__init__.py) applies
 import torch
 
 from kdsr.report import machine_info
@@ -23,7 +24,13 @@ def provenance() -> dict[str, Any]:
     status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"]  # code, not results
     dirty = bool(subprocess.run(status, capture_output=True, text=True, cwd=RESULTS.parent.parent).stdout.strip())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return {"machine": machine_info(device), "commit": commit, "dirty_tree": dirty, "date": time.strftime("%Y-%m-%d")}
+    return {
+        "machine": machine_info(device),
+        "commit": commit,
+        "dirty_tree": dirty,
+        "date": time.strftime("%Y-%m-%d"),
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # kdsr sets 1 unless told otherwise
+    }
 
 
 def run_child(argv: list[str], log: Path | None = None) -> dict[str, Any]:

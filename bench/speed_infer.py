@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import kdsr  # noqa: F401 - before torch, so its allocator setting (kdsr/__init__.py) applies
 import torch
 
 from benchlib import RESULTS, provenance, write_result
