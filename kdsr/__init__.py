@@ -9,7 +9,8 @@ import os
 
 # Large CPU tensors on transparent huge pages (PyTorch's own switch, read at its first allocation): on
 # VMs where a page fault is costly, fresh 4 KB pages for every full-width activation dominated the
-# memory-bound layers (EDSR-baseline x4 to 720p: 1.37x faster at full width, bench/results/speed_infer.md).
+# memory-bound layers (EDSR-baseline x4 to 720p at full width: 1.33-1.49x faster in three alternating
+# process pairs, bench/README.md).
 # Effective when kdsr is imported before torch (the CLI); set THP_MEM_ALLOC_ENABLE=0 to opt out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

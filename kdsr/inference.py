@@ -201,8 +201,8 @@ class Router:
         if not self.merge or sum(map(len, groups.values())) < 2:
             return groups
         tile = next(t for ts in groups.values() for t in ts)
-        cap = WINDOW_PIXELS if self.batch is None else max(window_pixels(tile), self.batch * window_pixels(tile))
-        return merge(groups, h, w, self.overlap, max_pixels=min(cap, WINDOW_PIXELS))
+        cap = WINDOW_PIXELS if self.batch is None else min(self.batch * window_pixels(tile), WINDOW_PIXELS)
+        return merge(groups, h, w, self.overlap, max_pixels=cap)
 
     def spend(self, groups: dict[str, list[Window]], h: int, w: int, cost: dict[str, float] | None = None) -> float:
         """What computing ``groups`` (branch -> patches of an h x w image) through :meth:`plan` costs, as a

@@ -15,9 +15,9 @@ import torch
 from kdsr.errors import KdsrError, did_you_mean
 from kdsr.hookspecs import hookimpl
 from kdsr.inference import Choice, Policy, Router
-from kdsr.tiling import Window
 from kdsr.metrics import psnr, quantize
 from kdsr.scoring import LEARNED, MEASURES, LearnedScorer, patch_features
+from kdsr.tiling import Window
 
 
 class Full(Policy):
@@ -98,8 +98,11 @@ class Difficulty(Policy):
         return ordered[self.level(self.score(lr))].name
 
     def route(self, lr: torch.Tensor, tiles: list[Window], router: Router) -> dict[str, list[Window]]:
-        scores = [self.score(lr[..., t.core[0] : t.core[1], t.core[2] : t.core[3]]) for t in tiles]
-        return self.assign(tiles, scores, router.choices)
+        return self.assign(tiles, self.scores(lr, tiles), router.choices)
+
+    def scores(self, lr: torch.Tensor, tiles: list[Window]) -> list[float]:
+        """The ease score of each tile's core."""
+        return [self.score(lr[..., t.core[0] : t.core[1], t.core[2] : t.core[3]]) for t in tiles]
 
     def assign(self, tiles: list[Window], scores: list[float], choices: Sequence[Choice], offset: float = 0.0) -> dict[str, list[Window]]:
         """Branch -> tiles, each tile by :meth:`level` of its score."""
@@ -117,8 +120,9 @@ class Budget(Difficulty):
     ``cost``: ``macs`` (Multi-Adds) or ``time``, priced by the router's measured branch latencies. The
     thresholds are per-patch score quantiles of the whole calibration folder. ``hold``: ``image`` (default)
     holds the budget on every image routed patch by patch: the thresholds are shifted by the one offset
-    (in score units) that spends the most of the budget without exceeding it on that image's own windows,
-    priced after merging (:meth:`Router.spend`), so the budget holds on images unlike the calibration's.
+    (in score units) whose spend on that image's own windows, priced after merging (:meth:`Router.spend`),
+    is nearest the budget (just over it where that is nearer than just under, so images' misses cancel),
+    so the budget holds on images unlike the calibration's.
     ``calibration`` keeps the thresholds as calibrated: a patch of given content gets the same branch
     whatever image it is in, and harder images spend more (the budget holds only on similar images).
     ``measure: learned`` first fits :class:`kdsr.scoring.LearnedScorer` on the same calibration patches.
@@ -169,9 +173,9 @@ class Budget(Difficulty):
         self.thresholds, self.expected = fit_thresholds(table, router.choices, self.budget, grid, self.prices)
 
     def route(self, lr: torch.Tensor, tiles: list[Window], router: Router) -> dict[str, list[Window]]:
-        scores = [self.score(lr[..., t.core[0] : t.core[1], t.core[2] : t.core[3]]) for t in tiles]
         if self.hold == "calibration":
-            return self.assign(tiles, scores, router.choices)
+            return super().route(lr, tiles, router)
+        scores = self.scores(lr, tiles)
         # offsets between the points where a patch changes branch, most spent first; the spend falls with
         # the offset (up to merging): bisect for where it crosses the budget, keep the nearer side
         points = sorted({t - s for t in self.thresholds if math.isfinite(t) for s in scores if math.isfinite(s)})
