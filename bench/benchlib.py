@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kdsr  # noqa: F401 - before torch, so its allocator setting (kdsr/__init__.py) applies
+from kdsr import allocator  # before torch: importing kdsr configures the allocator (kdsr.allocator)
 import torch
 
 from kdsr.report import machine_info
@@ -29,17 +29,17 @@ def provenance() -> dict[str, Any]:
         "commit": commit,
         "dirty_tree": dirty,
         "date": time.strftime("%Y-%m-%d"),
-        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # kdsr sets 1 unless told otherwise
+        "allocator": dict(allocator.state),  # kdsr.allocator: glibc thresholds and huge pages
     }
 
 
-def run_child(argv: list[str], log: Path | None = None) -> dict[str, Any]:
-    """Run a command in its own process: exit code, wall seconds, peak RSS (GiB, that child alone) and,
-    without a ``log`` file to write to, its stdout."""
+def run_child(argv: list[str], log: Path | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a command in its own process (``env``: variables added to this one's): exit code, wall seconds,
+    peak RSS (GiB, that child alone) and, without a ``log`` file to write to, its stdout."""
     t0 = time.perf_counter()
     out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - closed below
     try:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if log else None, text=True)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if log else None, text=True, env={**os.environ, **(env or {})})
         stdout = proc.stdout.read() if proc.stdout else ""
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -50,9 +50,9 @@ def run_child(argv: list[str], log: Path | None = None) -> dict[str, Any]:
     return rec if log else {**rec, "stdout": stdout}
 
 
-def python_child(code: str, *args: str, log: Path | None = None) -> dict[str, Any]:
+def python_child(code: str, *args: str, log: Path | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
     """``run_child`` of ``python -c code args...`` with this interpreter."""
-    return run_child([sys.executable, "-c", code, *args], log)
+    return run_child([sys.executable, "-c", code, *args], log, env)
 
 
 def write_result(name: str, result: dict[str, Any], markdown: str | None = None) -> Path:

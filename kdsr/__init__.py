@@ -5,14 +5,11 @@ The public API lives here: what plugins are written against, and for users of tr
 with it; see :mod:`kdsr.api`). Everything else is internal.
 """
 
-import os
+from kdsr import allocator
 
-# Large CPU tensors on transparent huge pages (PyTorch's own switch, read at its first allocation): on
-# VMs where a page fault is costly, fresh 4 KB pages for every full-width activation dominated the
-# memory-bound layers (EDSR-baseline x4 to 720p at full width: 1.33-1.49x faster in three alternating
-# process pairs, bench/README.md).
-# Effective when kdsr is imported before torch (the CLI); set THP_MEM_ALLOC_ENABLE=0 to opt out.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# Large CPU tensors on transparent huge pages (KDSR_ALLOCATOR: thp by default, reuse, default; see
+# kdsr/allocator.py): must run before torch's first allocation.
+allocator.configure()
 
 __version__ = "0.1.0"
 PLUGIN_API = 1  # bumped when a hook or a public type changes incompatibly
