@@ -256,28 +256,31 @@ class Router:
         fit = max(1, WINDOW_PIXELS // pixels)
         return fit if self.batch is None else max(1, min(self.batch, fit))
 
-    LATENCY_REPEATS = 2
+    LATENCY_REPEATS = 5
+    LATENCY_PIXELS = 2**14  # LR pixels of the probe: a few routed windows, about a small image (B100's x4 LR is 9,600)
 
     def latencies(self) -> dict[str, float]:
-        """Measured seconds per LR pixel of each branch, on one batch of the windows per-patch routing runs
-        (a ``tile`` patch plus its context, as many as a forward pass of routing holds; median of
-        ``LATENCY_REPEATS`` after a warm-up); measured once, then cached. Time budgets and time
-        fractions are priced with these, as Multi-Adds are with ``macs_per_pixel``."""
+        """Measured seconds per LR pixel of each branch, on the windows per-patch routing runs (a ``tile``
+        patch plus its context, as many as fill ``LATENCY_PIXELS``); median of ``LATENCY_REPEATS`` rounds
+        after a warm-up, every branch once per round, so a drift of the machine hits all of them; measured
+        once, then cached. Time budgets and time fractions are priced with these, as Multi-Adds are with
+        ``macs_per_pixel``. The probe is the size of what routing runs per image, not one large batch:
+        at full width a 48-window batch ran 1.3x slower per pixel than a 120x80 image (its activations
+        leave the cache), which priced the narrow branches too cheap against a whole-image pass."""
         if self._latency is None:
             side = (PATCH_TILE if self.tile in (None, "auto") else self.tile) + 2 * self.overlap
-            x = torch.rand(self._batch(side * side), 3, side, side, generator=torch.Generator().manual_seed(0))
-            x = x.to(self.device)
-            self._latency = {}
+            n = max(1, min(self._batch(side * side), self.LATENCY_PIXELS // (side * side)))
+            x = torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(0)).to(self.device)
+            times: dict[str, list[float]] = {name: [] for name in self.runners}
             with torch.no_grad():
-                for name, run in self.runners.items():
-                    times = []
-                    for _ in range(self.LATENCY_REPEATS + 1):
+                for _ in range(self.LATENCY_REPEATS + 1):
+                    for name, run in self.runners.items():
                         t0 = time.perf_counter()
                         run(x)
                         if torch.device(self.device).type == "cuda":
                             torch.cuda.synchronize()
-                        times.append(time.perf_counter() - t0)
-                    self._latency[name] = statistics.median(times[1:]) / x[:, 0].numel()
+                        times[name].append(time.perf_counter() - t0)
+            self._latency = {name: statistics.median(ts[1:]) / x[:, 0].numel() for name, ts in times.items()}
         return self._latency
 
     def time_fraction(self, pixels: Counter, full_pixels: int | None = None) -> float:
