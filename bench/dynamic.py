@@ -60,25 +60,32 @@ def train(work: Path, quick: bool) -> Path:
     return run
 
 
-def measure(router, pairs, metric, scale: int) -> dict[str, Any]:
+def measure(router, pairs, metric, scale: int, ref=None) -> dict[str, Any]:
     """PSNR, Multi-Adds and wall seconds of ``router`` over ``pairs``, timed on a second pass: the first
     one pays what a new window shape costs once (oneDNN primitives, allocations), which merged windows of
-    many shapes and whole images of two orientations would otherwise pay unevenly."""
+    many shapes and whole images of two orientations would otherwise pay unevenly. With a ``ref`` router
+    (the full branch), each image of the timed pass is also run by it, right after: ``ref_seconds`` was
+    measured beside this router's, image by image, so a drift of the machine over the minutes a set takes
+    cancels in their ratio (two passes minutes apart differed by 12 points of time fraction)."""
     from kdsr.data import quantize, to_float
 
     for _, lr_u8, _ in pairs:
         router(to_float(lr_u8))
-    scores, seconds, macs, computed, area = [], 0.0, 0.0, 0, 0
+    scores, seconds, ref_seconds, macs, computed, area = [], 0.0, 0.0, 0.0, 0, 0
     for _, lr_u8, hr_u8 in pairs:
         lr = to_float(lr_u8)
         t0 = time.perf_counter()
         out = router(lr)
         seconds += time.perf_counter() - t0
+        if ref is not None:
+            t0 = time.perf_counter()
+            ref(lr)
+            ref_seconds += time.perf_counter() - t0
         scores.append(metric(quantize(out.sr[0]), to_float(hr_u8), scale))
         macs += out.macs
         computed += sum(out.pixels.values())
         area += lr.shape[-2] * lr.shape[-1]
-    return {"psnr": statistics.fmean(scores), "macs": macs, "seconds": seconds, "overhead": computed / area - 1}
+    return {"psnr": statistics.fmean(scores), "macs": macs, "seconds": seconds, "ref_seconds": ref_seconds, "overhead": computed / area - 1}
 
 
 def bench(run: Path, calibration: Path, sets: tuple[str, ...], budgets: tuple[float, ...], tile: int, overlap: int, images: int | None) -> dict[str, Any]:
@@ -112,13 +119,14 @@ def bench(run: Path, calibration: Path, sets: tuple[str, ...], budgets: tuple[fl
         row: dict[str, Any] = {"full_psnr": ref["psnr"], "fixed": [], "policies": []}
 
         def fractions(r: dict[str, Any]) -> dict[str, float]:
-            return {"macs_fraction": r["macs"] / ref["macs"], "time_fraction": r["seconds"] / ref["seconds"]}
+            return {"macs_fraction": r["macs"] / ref["macs"], "time_fraction": r["seconds"] / (r["ref_seconds"] or r["seconds"])}
 
+        full_router = fixed_routers[full_name]
         for name, router in sorted(fixed_routers.items(), key=lambda kv: kv[1].cost[kv[0]]):
-            r = ref if name == full_name else measure(router, pairs, metric, models.scale)
+            r = ref if name == full_name else measure(router, pairs, metric, models.scale, full_router)
             row["fixed"].append({"name": name, "psnr": r["psnr"], **fractions(r)})
         for name, b, router in policies:
-            r = measure(router, pairs, metric, models.scale)
+            r = measure(router, pairs, metric, models.scale, full_router)
             # overhead: LR pixels the windows computed beyond one whole-image pass (the patches' context where branches meet)
             row["policies"].append({"name": name, "budget": b, "psnr": r["psnr"], **fractions(r), "overhead": r["overhead"]})
         out[label] = row
@@ -228,7 +236,8 @@ def write_report(name: str, result: dict[str, Any], setup_: dict[str, Any], info
         f"Run `{run}`; commit {info['commit']} (dirty tree: {info.get('dirty_tree')}), {info.get('date', '')}.",
         f"Patches of {tile} LR px, overlap {overlap}; budgets calibrated per patch on `{calibration}`.",
         "Fractions are against one whole-image pass of the full branch; fixed widths are whole-image passes; policies route "
-        "patches, neighbours served by one branch merged into one window, timed on a second pass over each set.",
+        "patches, neighbours served by one branch merged into one window, timed on a second pass over each set, each image "
+        "followed by the full branch's whole-image pass (the time fraction's reference, measured beside it).",
         "",
         "## Targets",
         "",
