@@ -295,7 +295,8 @@ def main() -> None:
             result["precision"] = measure_precision(rows, args.scale, hr, repeats, calibration, args.backends, widths[-1:] if args.quick else widths)
         if "quality" in args.parts and args.run is not None:
             result["quality"] = quality(args.run, args.sets, calibration)
-        result["parts_measured_at"] = {**result.get("parts_measured_at", {}), **{part: provenance()["commit"] for part in args.parts}}
+        measured = [*args.parts, *(["paths"] if "precision" in args.parts else [])]  # precision re-measures the fp32 rows
+        result["parts_measured_at"] = {**result.get("parts_measured_at", {}), **{part: provenance()["commit"] for part in measured}}
     result["targets"] = {"full_fraction_of_peak": ">= 0.70", "w0.5 speedup_over_macs_ratio": ">= 0.8",
                          "w0.25 speedup_over_macs_ratio": ">= 0.7", "tiled_4k ratio": "<= 1.1", "int8 psnr_delta": ">= -0.1 dB"}
     write_result(name, result, markdown(result))
