@@ -29,7 +29,18 @@ from kdsr.scoring import (  # noqa: F401
     official_calc_psnr,
     redegradation_psnr,
 )
-from kdsr.tiling import WINDOW_PIXELS, Window, merge, plan_tile, run_windows, stitch, tiles_change_output, window_pixels, windows
+from kdsr.tiling import (
+    WINDOW_PIXELS,
+    Window,
+    forward_passes,
+    merge,
+    plan_tile,
+    run_windows,
+    stitch,
+    tiles_change_output,
+    window_pixels,
+    windows,
+)
 
 log = logging.getLogger("kdsr")
 
@@ -111,6 +122,8 @@ class Routed:
     macs: float = 0.0
     full_macs: float = 0.0  # the full branch routed over the same tiles (full_pixels): like with like
     full_pixels: int = 0  # LR pixels the full branch's windows compute on this image's tiles
+    passes: Counter = field(default_factory=Counter)  # branch -> forward passes its windows took
+    full_passes: int = 0  # forward passes of the full branch's plan for this image's tiles
     overhead: float = 0.0  # extra compute of those windows' overlaps over one whole-image pass
 
     @property
@@ -172,6 +185,7 @@ class Router:
                         f"use --tile 0 for whole-image inference"
                     )
         self._latency: dict[str, float] | None = None  # seconds per LR pixel, see latencies()
+        self._per_pass: dict[str, float] = {}  # seconds per forward pass, see pass_latencies()
         policy.prepare(self)
 
     def _tile_size(self, h: int, w: int) -> tuple[int, int] | None:
@@ -204,13 +218,32 @@ class Router:
         cap = WINDOW_PIXELS if self.batch is None else min(self.batch * window_pixels(tile), WINDOW_PIXELS)
         return merge(groups, h, w, self.overlap, max_pixels=cap)
 
-    def spend(self, groups: dict[str, list[Window]], h: int, w: int, cost: dict[str, float] | None = None) -> float:
+    def spend(
+        self, groups: dict[str, list[Window]], h: int, w: int, cost: dict[str, float] | None = None, per_pass: dict[str, float] | None = None
+    ) -> float:
         """What computing ``groups`` (branch -> patches of an h x w image) through :meth:`plan` costs, as a
         fraction of the full branch's plan for all of them; ``cost``: per-pixel cost of each branch
-        (default Multi-Adds; :meth:`latencies` for time)."""
+        (default Multi-Adds; :meth:`latencies` for time), ``per_pass``: a cost per forward pass on top
+        (:meth:`pass_latencies` for time; none for Multi-Adds)."""
         cost = cost or self.cost
-        spent = sum(cost[b] * sum(window_pixels(t) for t in ts) for b, ts in self.plan(groups, h, w).items())
-        return spent / (cost[self.full.name] * self._full_pixels(groups, h, w, True))
+        plan = self.plan(groups, h, w)
+        spent = sum(cost[b] * sum(window_pixels(t) for t in ts) for b, ts in plan.items())
+        full = cost[self.full.name] * self._full_pixels(groups, h, w, True)
+        if per_pass:
+            spent += sum(per_pass.get(b, 0.0) * n for b, n in self._passes(plan).items())
+            full += per_pass.get(self.full.name, 0.0) * self._full_passes(groups, h, w, True)
+        return spent / full
+
+    def _passes(self, plan: dict[str, list[Window]]) -> Counter:
+        """Forward passes of each branch in ``plan`` (branch -> windows), batched as :meth:`__call__` runs them."""
+        batch = self.batch or sum(map(len, plan.values()))
+        by_row = len(plan) > 1  # several branches: stitched row by row
+        return Counter({b: forward_passes(ts, batch, WINDOW_PIXELS, by_row) for b, ts in plan.items() if ts})
+
+    def _full_passes(self, groups: dict[str, list[Window]], h: int, w: int, patched: bool) -> int:
+        tiles = [t for ts in groups.values() for t in ts]
+        plan = self.plan({self.full.name: tiles}, h, w) if patched else {self.full.name: tiles}
+        return self._passes(plan)[self.full.name]
 
     def _full_pixels(self, groups: dict[str, list[Window]], h: int, w: int, patched: bool) -> int:
         tiles = [t for ts in groups.values() for t in ts]
@@ -246,7 +279,9 @@ class Router:
             result.tiles[name] += len(cells.get(name, ()))
             result.pixels[name] += pixels
             result.macs += self.cost[name] * pixels
+        result.passes = self._passes(groups)
         result.full_pixels = self._full_pixels(cells, h, w, patched)
+        result.full_passes = self._full_passes(cells, h, w, patched)
         result.full_macs = self.cost[self.full.name] * result.full_pixels
         result.overhead = result.full_pixels / (h * w) - 1.0
         return result
@@ -261,38 +296,64 @@ class Router:
 
     def latencies(self) -> dict[str, float]:
         """Measured seconds per LR pixel of each branch, on the windows per-patch routing runs (a ``tile``
-        patch plus its context, as many as fill ``LATENCY_PIXELS``); median of ``LATENCY_REPEATS`` rounds
-        after a warm-up, every branch once per round, so a drift of the machine hits all of them; measured
-        once, then cached. Time budgets and time fractions are priced with these, as Multi-Adds are with
-        ``macs_per_pixel``. The probe is the size of what routing runs per image, not one large batch:
-        at full width a 48-window batch ran 1.3x slower per pixel than a 120x80 image (its activations
-        leave the cache), which priced the narrow branches too cheap against a whole-image pass."""
+        patch plus its context): the slope between one window and as many as fill ``LATENCY_PIXELS`` in
+        one pass. The rest of a single window's time is the branch's cost per forward pass
+        (:meth:`pass_latencies`). Medians of ``LATENCY_REPEATS`` rounds after a warm-up, every branch in
+        every round, so a drift of the machine hits all of them; measured once, then cached. Time budgets
+        and time fractions are priced with these, as Multi-Adds are with ``macs_per_pixel``. The probe is
+        the size of what routing runs per image, not one large batch: at full width a 48-window batch ran
+        1.3x slower per pixel than a 120x80 image (its activations leave the cache), which priced the
+        narrow branches too cheap against a whole-image pass."""
         if self._latency is None:
             side = (PATCH_TILE if self.tile in (None, "auto") else self.tile) + 2 * self.overlap
             n = max(1, min(self._batch(side * side), self.LATENCY_PIXELS // (side * side)))
             x = torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(0)).to(self.device)
-            times: dict[str, list[float]] = {name: [] for name in self.runners}
+            probes = (x[:1], x) if n > 1 else (x,)
+            times: dict[tuple[str, int], list[float]] = {(name, len(p)): [] for name in self.runners for p in probes}
             with torch.no_grad():
                 for _ in range(self.LATENCY_REPEATS + 1):
                     for name, run in self.runners.items():
-                        t0 = time.perf_counter()
-                        run(x)
-                        if torch.device(self.device).type == "cuda":
-                            torch.cuda.synchronize()
-                        times[name].append(time.perf_counter() - t0)
-            self._latency = {name: statistics.median(ts[1:]) / x[:, 0].numel() for name, ts in times.items()}
+                        for p in probes:
+                            t0 = time.perf_counter()
+                            run(p)
+                            if torch.device(self.device).type == "cuda":
+                                torch.cuda.synchronize()
+                            times[name, len(p)].append(time.perf_counter() - t0)
+            med = {key: statistics.median(ts[1:]) for key, ts in times.items()}
+            px = side * side
+            self._latency, self._per_pass = {}, {}
+            for name in self.runners:
+                one, many = med[name, 1], med[name, n]
+                slope = (many - one) / ((n - 1) * px) if n > 1 else 0.0
+                per_pixel = slope if slope > 0 else many / (n * px)  # noise can invert a small difference
+                self._latency[name] = per_pixel
+                self._per_pass[name] = max(one - per_pixel * px, 0.0)
         return self._latency
 
-    def time_fraction(self, pixels: Counter, full_pixels: int | None = None) -> float:
+    def pass_latencies(self) -> dict[str, float]:
+        """Measured seconds each forward pass of a branch costs beyond its pixels (see :meth:`latencies`):
+        Python and kernel-launch work that a few small windows pay and one whole-image pass pays once."""
+        self.latencies()
+        return self._per_pass
+
+    def time_fraction(
+        self, pixels: Counter, full_pixels: int | None = None, passes: Counter | None = None, full_passes: int | None = None
+    ) -> float:
         """Estimated compute time of routing that ran ``pixels`` (branch -> LR window pixels, summed
-        :attr:`Routed.pixels`) over the full branch's on ``full_pixels`` (summed :attr:`Routed.full_pixels`;
-        default the same pixels), priced by :meth:`latencies` (1.0 without a choice to make: nothing is
-        measured then)."""
+        :attr:`Routed.pixels`) in ``passes`` (branch -> forward passes, summed :attr:`Routed.passes`) over
+        the full branch's on ``full_pixels`` in ``full_passes`` (summed :attr:`Routed.full_pixels` /
+        :attr:`Routed.full_passes`; default the same pixels, passes not priced), priced by
+        :meth:`latencies` and :meth:`pass_latencies` (1.0 without a choice to make: nothing is measured then)."""
         if len(self.choices) == 1 or not pixels:
             return 1.0
         latency = self.latencies()
         spent = sum(latency[name] * px for name, px in pixels.items())
-        return spent / (latency[self.full.name] * (full_pixels or sum(pixels.values())))
+        full = latency[self.full.name] * (full_pixels or sum(pixels.values()))
+        if passes is not None and full_passes:
+            per_pass = self.pass_latencies()
+            spent += sum(per_pass.get(name, 0.0) * n for name, n in passes.items())
+            full += per_pass.get(self.full.name, 0.0) * full_passes
+        return spent / full
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -161,6 +161,17 @@ def _batches(items: list[Window], size: int, pixels: int | None) -> Iterator[lis
             yield group[i : i + n]
 
 
+def forward_passes(tiles: list[Window], batch: int, pixels: int | None, by_row: bool = False) -> int:
+    """How many forward passes :func:`run_windows` makes over ``tiles`` (``by_row``: as :func:`stitch`
+    runs them, the tiles starting on one row at a time): what a per-pass cost is counted on."""
+    if not by_row:
+        return sum(1 for _ in _batches(tiles, batch, pixels))
+    rows: dict[int, list[Window]] = {}
+    for t in tiles:
+        rows.setdefault(t.core[0], []).append(t)
+    return sum(sum(1 for _ in _batches(group, batch, pixels)) for group in rows.values())
+
+
 def _ramp(c0: int, c1: int, size: int, band: int, scale: int) -> tuple[int, torch.Tensor]:
     """Blend weights along one axis for the core [c0, c1) (LR) of an axis of ``size``: a linear ramp
     over ``2 * band`` LR pixels centred on each interior core edge, so neighbours' weights sum to 1.

@@ -10,7 +10,7 @@ import pytest
 
 from kdsr.builtin.policies import Budget, fit_thresholds
 from kdsr.cli import main
-from kdsr.data import ImageFolder, SRPairs, to_float
+from kdsr.data import ImageFolder, SRPairs, read_image, to_float
 from kdsr.engine.infer import infer
 from kdsr.errors import KdsrError
 from kdsr.inference import Choice, Router, budget_check
@@ -49,8 +49,13 @@ def test_infer_reports_the_fraction_and_warns_once_when_the_budget_misses(tmp_pa
     check = summary["budget"]
     assert check["kind"] == "macs" and check["target"] == 0.6 and not check["within"]
     assert check["achieved"] == pytest.approx(summary["macs_fraction"]) and check["achieved"] < 0.5
-    latency = router.latencies()  # every flat patch went to the cheap branch: its share of the full branch's time
-    assert summary["time_fraction"] == pytest.approx(latency["cheap"] / latency["full"])
+    # every flat patch went to the cheap branch: its share of the full branch's time, pixels and passes priced
+    latency, per_pass = router.latencies(), router.pass_latencies()
+    routed = [router(to_float(read_image(path)).unsqueeze(0)) for path in sorted(flat.glob("*.png"))]  # as infer reads them
+    assert all(set(r.pixels) == {"cheap"} for r in routed)
+    spent = sum(latency["cheap"] * r.pixels["cheap"] + per_pass["cheap"] * r.passes["cheap"] for r in routed)
+    full = sum(latency["full"] * r.full_pixels + per_pass["full"] * r.full_passes for r in routed)
+    assert summary["time_fraction"] == pytest.approx(spent / full)
     warnings = [r.getMessage() for r in caplog.records if "budget" in r.getMessage()]
     assert len(warnings) == 1 and "\n" not in warnings[0] and "not held" in warnings[0]
 

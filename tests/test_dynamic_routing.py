@@ -77,6 +77,31 @@ def test_time_fraction_prices_patches_by_measured_latency():
     assert router.time_fraction(routed.pixels) == pytest.approx((4 * 1.0 + 4 * 4.0) / (8 * 4.0))
 
 
+def test_time_prices_count_forward_passes():
+    branches, choices = toy_branches()
+    router = Router(branches, choices, Difficulty([-5.0], "gradient", "patch"), 2, tile=8, overlap=2, batch=2, merge=False)
+    assert set(router.pass_latencies()) == {"full", "cheap"} and all(v >= 0 for v in router.pass_latencies().values())
+    calls = {name: 0 for name in router.runners}
+
+    def counted(name, run):
+        def forward(x):
+            calls[name] += 1
+            return run(x)
+
+        return forward
+
+    router.runners = {name: counted(name, run) for name, run in router.runners.items()}
+    routed = router(half_textured(8, 64))  # 4 flat + 4 textured patches, 2 windows per pass
+    assert dict(routed.passes) == calls == {"cheap": 2, "full": 2}
+    assert routed.full_passes == 4  # the full branch over all 8 patches, 2 per pass
+    router._latency, router._per_pass = {"full": 4.0, "cheap": 1.0}, {"full": 100.0, "cheap": 50.0}
+    px = routed.pixels
+    expected = (px["cheap"] * 1.0 + px["full"] * 4.0 + 2 * 50.0 + 2 * 100.0) / (routed.full_pixels * 4.0 + 4 * 100.0)
+    assert router.time_fraction(px, routed.full_pixels, routed.passes, routed.full_passes) == pytest.approx(expected)
+    groups, _ = router.select_tiles(half_textured(8, 64))
+    assert router.spend(groups, 8, 64, router._latency, router._per_pass) == pytest.approx(expected)
+
+
 def export_student(path, n_feats: int, scale: int = 2):
     model = registry("backbone").create("edsr_baseline", {"n_feats": n_feats, "n_resblocks": 1}, scale=scale)
     plain = PlainNetwork("edsr_baseline", {"n_feats": n_feats, "n_resblocks": 1}, scale, model.state_dict())

@@ -3,7 +3,6 @@ as FAILED, and a hook or factory raising during a run is one line naming the plu
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -45,8 +44,12 @@ class _RaisesInterrupt:
 class _UserPressesCtrlC:
     @hookimpl
     def register_losses(self, register):
-        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does while this plugin loads
-        time.sleep(5)  # the interrupt arrives here at the latest
+        # what Ctrl-C does while this plugin loads; raise_signal targets this thread (os.kill could hand a
+        # process-wide SIGINT to one of torch's worker threads, and then the handler runs wherever the
+        # main thread next checks for signals, perhaps after this hook returned: a flaky test)
+        signal.raise_signal(signal.SIGINT)
+        for _ in range(500):  # the handler runs here at the latest (each loop iteration checks)
+            time.sleep(0.01)
 
 
 def test_interrupt_raised_by_a_plugin_is_isolated_but_a_real_ctrl_c_is_not():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdsr.plugins import registry
-from kdsr.tiling import Window, merge, stitch, tiled_sr, window_pixels, windows
+from kdsr.tiling import Window, forward_passes, merge, run_windows, stitch, tiled_sr, window_pixels, windows
 
 
 def test_windows_cover_the_image_once_with_even_cores():
@@ -105,3 +105,20 @@ def test_merge_respects_its_bounds():
     capped = merge({"a": cells}, 100, 100, 4, max_pixels=40 * 40, max_height=20)["a"]
     assert all(window_pixels(t) <= 40 * 40 and t.core[1] - t.core[0] <= 20 for t in capped)
     assert sum((t.core[1] - t.core[0]) * (t.core[3] - t.core[2]) for t in capped) == 100 * 100
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_forward_passes_counts_the_passes_run_windows_and_stitch_make(batch):
+    lr = torch.rand(1, 3, 30, 44, generator=torch.Generator().manual_seed(0))
+    tiles = windows(30, 44, 8, 2)  # cores of two sizes per axis: windows of several shapes
+    calls = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return torch.nn.functional.interpolate(x, scale_factor=2)
+
+    run_windows(fn, lr, 2, tiles, torch.zeros(1, 3, 60, 88), batch, pixels=200)
+    assert len(calls) == forward_passes(tiles, batch, 200)
+    calls.clear()
+    stitch([(fn, tiles)], lr, 2, lambda row, rows: None, batch, blend=1, pixels=200)
+    assert len(calls) == forward_passes(tiles, batch, 200, by_row=True)

@@ -170,6 +170,7 @@ class Budget(Difficulty):
             for row in table:
                 row["score"] = self.scorer.ease(row["features"])
         self.prices = {c.name: c.macs_per_pixel for c in router.choices} if self.cost == "macs" else router.latencies()
+        self.pass_prices = router.pass_latencies() if self.cost == "time" else None  # time: a pass costs beyond its pixels
         self.thresholds, self.expected = fit_thresholds(table, router.choices, self.budget, grid, self.prices)
 
     def route(self, lr: torch.Tensor, tiles: list[Window], router: Router) -> dict[str, list[Window]]:
@@ -182,7 +183,7 @@ class Budget(Difficulty):
         offsets = [points[0] - 1, *((a + b) / 2 for a, b in zip(points, points[1:])), points[-1] + 1] if points else [0.0]
         h, w = lr.shape[-2:]
         spend = functools.lru_cache(maxsize=None)(
-            lambda i: router.spend(self.assign(tiles, scores, router.choices, offsets[i]), h, w, self.prices)
+            lambda i: router.spend(self.assign(tiles, scores, router.choices, offsets[i]), h, w, self.prices, self.pass_prices)
         )
         lo, hi = 0, len(offsets) - 1  # the first offset within budget is in [lo, hi] (the last if none is)
         while lo < hi:

@@ -107,7 +107,7 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
         probe.unlink()
     except OSError as exc:
         raise KdsrError(f"output folder '{out_dir}' is not writable ({exc.strerror or exc}); choose another --out") from None
-    images, failed, pixels, full_pixels = [], [], Counter(), 0
+    images, failed, pixels, passes, full_pixels, full_passes = [], [], Counter(), Counter(), 0, 0
     bar = Progress(len(files), "infer", "image")
     for path in files:
         try:
@@ -122,7 +122,9 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
         target = out_dir / f"{path.stem}.png"
         write_image(target, routed.image)
         pixels.update(routed.pixels)
+        passes.update(routed.passes)
         full_pixels += routed.full_pixels
+        full_passes += routed.full_passes
         images.append(
             {
                 "input": str(path),
@@ -138,7 +140,7 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
         bar.update(1)
     bar.close()
     macs_fraction = sum(i["macs"] for i in images) / max(sum(i["full_macs"] for i in images), 1.0)
-    time_fraction = router.time_fraction(pixels, full_pixels)
+    time_fraction = router.time_fraction(pixels, full_pixels, passes, full_passes)
     summary = {
         "policy": type(router.policy).__name__.lower(),
         "router": router.describe(),

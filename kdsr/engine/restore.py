@@ -107,7 +107,8 @@ def evaluate_policy(router: Router, sets, metrics, scale: int) -> dict[str, dict
         sums = dict.fromkeys(metrics, 0.0)
         macs = full = 0.0
         pixels: Counter = Counter()
-        full_pixels = 0
+        passes: Counter = Counter()
+        full_pixels = full_passes = 0
         for _, lr_u8, hr_u8 in eval_set.pairs:
             routed = router(to_float(lr_u8))
             sr = quantize(routed.sr[0])
@@ -115,10 +116,12 @@ def evaluate_policy(router: Router, sets, metrics, scale: int) -> dict[str, dict
                 sums[m] += fn(sr, to_float(hr_u8), scale)
             macs, full = macs + routed.macs, full + routed.full_macs
             pixels.update(routed.pixels)
+            passes.update(routed.passes)
             full_pixels += routed.full_pixels
+            full_passes += routed.full_passes
             bar.update(1)
         n = max(len(eval_set.pairs), 1)
-        macs_fraction, time_fraction = macs / full if full else 1.0, router.time_fraction(pixels, full_pixels)
+        macs_fraction, time_fraction = macs / full if full else 1.0, router.time_fraction(pixels, full_pixels, passes, full_passes)
         out[eval_set.label] = {**{m: v / n for m, v in sums.items()}, "macs_fraction": macs_fraction, "time_fraction": time_fraction}
         check = budget_check(router.policy, macs_fraction, time_fraction)
         if check is not None:  # the target beside what was achieved; a miss was warned about
