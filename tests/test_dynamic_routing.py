@@ -50,9 +50,8 @@ def test_auto_routes_patches_of_large_images_and_small_images_whole():
     assert Difficulty([-5.0], "gradient", "image").routes_patches(100) is False
 
 
-def test_patches_of_one_branch_run_batched():
-    branches, choices = toy_branches()
-    router = Router(branches, choices, Difficulty([-5.0], "gradient", "patch"), 2, tile=8, overlap=2, batch=8)
+def count_calls(router: Router) -> dict[str, int]:
+    """Wrap the router's runners so each forward pass is counted (branch -> passes so far)."""
     calls = {name: 0 for name in router.runners}
 
     def counted(name, run):
@@ -63,6 +62,13 @@ def test_patches_of_one_branch_run_batched():
         return forward
 
     router.runners = {name: counted(name, run) for name, run in router.runners.items()}
+    return calls
+
+
+def test_patches_of_one_branch_run_batched():
+    branches, choices = toy_branches()
+    router = Router(branches, choices, Difficulty([-5.0], "gradient", "patch"), 2, tile=8, overlap=2, batch=8)
+    calls = count_calls(router)
     routed = router(half_textured(8, 64))  # one row of 8 patches: 4 flat, 4 textured
     assert routed.tiles == {"cheap": 4, "full": 4}
     assert calls == {"full": 1, "cheap": 1}  # one forward pass per branch, not per patch
@@ -81,16 +87,7 @@ def test_time_prices_count_forward_passes():
     branches, choices = toy_branches()
     router = Router(branches, choices, Difficulty([-5.0], "gradient", "patch"), 2, tile=8, overlap=2, batch=2, merge=False)
     assert set(router.pass_latencies()) == {"full", "cheap"} and all(v >= 0 for v in router.pass_latencies().values())
-    calls = {name: 0 for name in router.runners}
-
-    def counted(name, run):
-        def forward(x):
-            calls[name] += 1
-            return run(x)
-
-        return forward
-
-    router.runners = {name: counted(name, run) for name, run in router.runners.items()}
+    calls = count_calls(router)
     routed = router(half_textured(8, 64))  # 4 flat + 4 textured patches, 2 windows per pass
     assert dict(routed.passes) == calls == {"cheap": 2, "full": 2}
     assert routed.full_passes == 4  # the full branch over all 8 patches, 2 per pass
