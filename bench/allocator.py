@@ -74,7 +74,7 @@ SETTINGS = {"reuse": {"KDSR_ALLOCATOR": "reuse"}, "thp": {"KDSR_ALLOCATOR": "thp
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", type=int, default=3, help="alternating (kdsr, default) process pairs")
+    p.add_argument("--pairs", type=int, default=3, help="alternating (reuse, thp) process pairs")
     p.add_argument("--quick", action="store_true", help="tiny sizes: check the script, measure nothing")
     args = p.parse_args()
     runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}

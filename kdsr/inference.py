@@ -226,28 +226,28 @@ class Router:
         (default Multi-Adds; :meth:`latencies` for time), ``per_pass``: a cost per forward pass on top
         (:meth:`pass_latencies` for time; none for Multi-Adds)."""
         cost = cost or self.cost
-        plan = self.plan(groups, h, w)
+        plan, full_plan = self.plan(groups, h, w), self._full_plan(groups, h, w, True)
         spent = sum(cost[b] * sum(window_pixels(t) for t in ts) for b, ts in plan.items())
-        full = cost[self.full.name] * self._full_pixels(groups, h, w, True)
+        full = cost[self.full.name] * sum(window_pixels(t) for t in full_plan[self.full.name])
         if per_pass:
             spent += sum(per_pass.get(b, 0.0) * n for b, n in self._passes(plan).items())
-            full += per_pass.get(self.full.name, 0.0) * self._full_passes(groups, h, w, True)
+            full += per_pass.get(self.full.name, 0.0) * self._passes(full_plan)[self.full.name]
         return spent / full
+
+    def _pass_batch(self, plan: dict[str, list[Window]]) -> int:
+        """Windows per forward pass of ``plan`` (each pass also holds at most ``WINDOW_PIXELS``)."""
+        return self.batch or sum(map(len, plan.values()))
 
     def _passes(self, plan: dict[str, list[Window]]) -> Counter:
         """Forward passes of each branch in ``plan`` (branch -> windows), batched as :meth:`__call__` runs them."""
-        batch = self.batch or sum(map(len, plan.values()))
         by_row = len(plan) > 1  # several branches: stitched row by row
-        return Counter({b: forward_passes(ts, batch, WINDOW_PIXELS, by_row) for b, ts in plan.items() if ts})
+        return Counter({b: forward_passes(ts, self._pass_batch(plan), WINDOW_PIXELS, by_row) for b, ts in plan.items() if ts})
 
-    def _full_passes(self, groups: dict[str, list[Window]], h: int, w: int, patched: bool) -> int:
+    def _full_plan(self, groups: dict[str, list[Window]], h: int, w: int, patched: bool) -> dict[str, list[Window]]:
+        """The full branch alone over all of ``groups``' tiles: what fractions are measured against
+        (merged like a routed image when ``patched``)."""
         tiles = [t for ts in groups.values() for t in ts]
-        plan = self.plan({self.full.name: tiles}, h, w) if patched else {self.full.name: tiles}
-        return self._passes(plan)[self.full.name]
-
-    def _full_pixels(self, groups: dict[str, list[Window]], h: int, w: int, patched: bool) -> int:
-        tiles = [t for ts in groups.values() for t in ts]
-        return sum(window_pixels(t) for t in (self.plan({self.full.name: tiles}, h, w)[self.full.name] if patched else tiles))
+        return self.plan({self.full.name: tiles}, h, w) if patched else {self.full.name: tiles}
 
     @torch.no_grad()
     def __call__(self, lr: torch.Tensor) -> Routed:
@@ -261,7 +261,7 @@ class Router:
         size = self._tile_size(h, w)
         blend = min(self.overlap, *size) // 2 if len(groups) > 1 and size is not None else 0
         image = np.empty((h * self.scale, w * self.scale, c), dtype=np.uint8)
-        batch = self.batch or sum(map(len, groups.values()))  # each pass also holds at most WINDOW_PIXELS
+        batch = self._pass_batch(groups)
         if blend == 0:  # cores pasted straight into the 8-bit image (a 1x3xHxW view of it)
             view = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
             for name, tiles in groups.items():
@@ -280,8 +280,9 @@ class Router:
             result.pixels[name] += pixels
             result.macs += self.cost[name] * pixels
         result.passes = self._passes(groups)
-        result.full_pixels = self._full_pixels(cells, h, w, patched)
-        result.full_passes = self._full_passes(cells, h, w, patched)
+        full_plan = self._full_plan(cells, h, w, patched)
+        result.full_pixels = sum(window_pixels(t) for t in full_plan[self.full.name])
+        result.full_passes = self._passes(full_plan)[self.full.name]
         result.full_macs = self.cost[self.full.name] * result.full_pixels
         result.overhead = result.full_pixels / (h * w) - 1.0
         return result
