@@ -163,19 +163,81 @@ def inference_copy(branch: Branch, device: torch.device | str = "cpu") -> tuple[
     from kdsr.plain import Exportable
 
     with torch.no_grad():
+        probe = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)).to(_device_of(branch.model))
         if isinstance(branch.model, Exportable):
             try:
                 plain = branch.model.to_plain(**branch.kwargs).build().to(_device_of(branch.model))
-                probe = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)).to(_device_of(branch.model))
                 if float((plain(probe) - branch(probe)).abs().max()) <= 1e-4:
-                    return plain.to(device).to(memory_format=torch.channels_last), {}
+                    return _fast_layout(plain.eval(), {}, probe, device)
             except Exception:  # noqa: BLE001 - a plugin's to_plain that fails: run the branch itself
                 pass
         try:
             clone = copy.deepcopy(branch.model)
         except Exception:  # noqa: BLE001 - e.g. a plugin network holding an uncopyable handle
             return branch.model, dict(branch.kwargs)
-    return clone.eval().to(device).to(memory_format=torch.channels_last), dict(branch.kwargs)
+    return _fast_layout(clone.eval(), dict(branch.kwargs), probe, device)
+
+
+def _fast_layout(model: nn.Module, kwargs: dict[str, Any], probe: Tensor, device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` (a copy kdsr owns) channels_last on ``device``, its pixel shuffles made channels_last ones
+    (:func:`shuffle_channels_last`) where that leaves its output on ``probe`` as it was."""
+    with torch.no_grad():
+        fast = shuffle_channels_last(copy.deepcopy(model))
+        if fast is not None and float((fast(probe, **kwargs) - model(probe, **kwargs)).abs().max()) <= 1e-5:
+            model = fast
+    return model.to(device).to(memory_format=torch.channels_last), kwargs
+
+
+class ChannelsLastShuffle(nn.Module):
+    """``nn.PixelShuffle(r)`` for input channels ordered (row offset, column offset, channel) instead of
+    (channel, row offset, column offset): in channels_last memory each output pixel is then one
+    contiguous run of input channels, so the shuffle is a copy of contiguous blocks, where the standard
+    order makes it a gather with stride r^2 (on a 2-core AVX-512 EPYC, 9% of a 16-channel EDSR x4's
+    time at 720p; the network 1.13x faster without it). Made by :func:`shuffle_channels_last`, which
+    reorders the producing convolution's filters to match."""
+
+    def __init__(self, upscale_factor: int) -> None:
+        super().__init__()
+        self.upscale_factor = upscale_factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, k, h, w = x.shape
+        r = self.upscale_factor
+        y = x.permute(0, 2, 3, 1).reshape(n, h, w, r, r, k // (r * r)).permute(0, 1, 3, 2, 4, 5)
+        return y.reshape(n, h * r, w * r, k // (r * r)).permute(0, 3, 1, 2)  # NCHW, channels_last in memory
+
+
+_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Identity)  # commute with a reordering of channels
+
+
+def shuffle_channels_last(model: nn.Module) -> nn.Module | None:
+    """``model`` with each ``Conv2d -> [elementwise activation] -> PixelShuffle`` run of an ``nn.Sequential``
+    rewritten in place as the conv with its output channels reordered and :class:`ChannelsLastShuffle`:
+    the same function, computed faster in channels_last. ``None`` if there is no such run. Grouped convs
+    are left alone (reordering would mix their groups); callers check the result on a probe, as a
+    network may also call a conv of the run outside its ``Sequential``."""
+    found = False
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for i, name in enumerate(names):
+            shuffle = seq._modules[name]
+            if not isinstance(shuffle, nn.PixelShuffle):
+                continue
+            j = i - 1
+            while j >= 0 and isinstance(seq._modules[names[j]], _ELEMENTWISE):
+                j -= 1
+            conv, r = (seq._modules[names[j]] if j >= 0 else None), shuffle.upscale_factor
+            if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.out_channels % (r * r):
+                continue
+            c = conv.out_channels // (r * r)
+            order = torch.arange(conv.out_channels).view(c, r * r).t().reshape(-1)  # (offset, channel) <- (channel, offset)
+            with torch.no_grad():
+                conv.weight.copy_(conv.weight[order])
+                if conv.bias is not None:
+                    conv.bias.copy_(conv.bias[order])
+            seq._modules[name] = ChannelsLastShuffle(r)
+            found = True
+    return model if found else None
 
 
 def _device_of(model: nn.Module) -> torch.device:

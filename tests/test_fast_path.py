@@ -3,6 +3,8 @@ channels_last runners that leave the caller's network alone, latency measured on
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -86,6 +88,31 @@ def test_torch_runner_is_channels_last_and_leaves_the_network_alone():
         assert torch.allclose(y, model.eval()(x), atol=1e-5)
     conv = next(m for m in runner.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_pixel_shuffles_run_as_channels_last_copies_computing_the_same():
+    """Conv -> [activation] -> PixelShuffle runs become the conv with reordered filters and a channels_last
+    shuffle: the same output in either memory layout; grouped convs and networks without a run are left."""
+    from kdsr.runtime import ChannelsLastShuffle, shuffle_channels_last
+
+    torch.manual_seed(0)
+    nets = [
+        torch.nn.Sequential(torch.nn.Conv2d(4, 8 * 4, 3, padding=1), torch.nn.PixelShuffle(2), torch.nn.Conv2d(8, 2 * 9, 3, padding=1), torch.nn.ReLU(), torch.nn.PixelShuffle(3)),
+        torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1), torch.nn.Conv2d(8, 8 * 4, 3, padding=1, groups=2), torch.nn.PixelShuffle(2)),
+    ]
+    x = torch.rand(2, 4, 5, 7)
+    with torch.no_grad():
+        expected = [net(x) for net in nets]
+        fast = shuffle_channels_last(copy.deepcopy(nets[0]))
+        assert [type(m) for m in fast if not isinstance(m, torch.nn.Conv2d)] == [ChannelsLastShuffle, torch.nn.ReLU, ChannelsLastShuffle]
+        for layout in (torch.contiguous_format, torch.channels_last):
+            y = fast.to(memory_format=layout)(x.contiguous(memory_format=layout))
+            assert (y - expected[0]).abs().max().item() <= 1e-6
+        assert shuffle_channels_last(copy.deepcopy(nets[1])) is None  # grouped: reordering would mix the groups
+    runner = TorchRunner(Branch(tiny()))
+    assert sum(isinstance(m, ChannelsLastShuffle) for m in runner.model.modules()) == 1  # the x2 tail
+    y = runner(torch.rand(1, 3, 9, 10))
+    assert y.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_profile_latency_times_the_inference_path():
