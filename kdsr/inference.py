@@ -8,6 +8,7 @@ the same branch, and accounts the Multi-Adds spent against running the full bran
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections import Counter
@@ -125,6 +126,10 @@ class Routed:
     passes: Counter = field(default_factory=Counter)  # branch -> forward passes its windows took
     full_passes: int = 0  # forward passes of the full branch's plan for this image's tiles
     overhead: float = 0.0  # extra compute of those windows' overlaps over one whole-image pass
+    # time, priced by Router.time_prices (0 with a single branch: nothing to choose, nothing measured)
+    seconds: float = 0.0  # the plan's forward passes and the seams' cross-fade
+    full_seconds: float = 0.0  # the full branch's plan over the same tiles
+    policy_seconds: float = 0.0  # measured: the policy's own work choosing the branches (scores, search)
 
     @property
     def fraction(self) -> float:
@@ -137,6 +142,24 @@ class Routed:
 
 
 PATCH_TILE = 128  # LR patch side of per-patch policies when the tile is "auto"
+
+
+@dataclass(frozen=True)
+class TimePrice:
+    """Seconds a branch's forward pass takes: ``per_pass`` per call and ``per_pixel`` per LR pixel it
+    holds, fitted to measured passes (:meth:`Router.time_prices`)."""
+
+    per_pixel: float
+    per_pass: float = 0.0
+
+    def __call__(self, pixels: float, passes: int = 0) -> float:
+        return self.per_pixel * pixels + self.per_pass * passes
+
+
+def time_fraction(spent: float, full: float) -> float:
+    """Seconds spent (:attr:`Routed.seconds` + :attr:`Routed.policy_seconds`, summed) over the full
+    branch's (:attr:`Routed.full_seconds`, summed); 1.0 when nothing was priced (a single branch)."""
+    return spent / full if full > 0 else 1.0
 
 
 class Router:
@@ -184,8 +207,8 @@ class Router:
                         f"tiles (--tile {tile}) change the output of branch '{name}' ({reason}); "
                         f"use --tile 0 for whole-image inference"
                     )
-        self._latency: dict[str, float] | None = None  # seconds per LR pixel, see latencies()
-        self._per_pass: dict[str, float] = {}  # seconds per forward pass, see pass_latencies()
+        self._prices: dict[str, TimePrice] | None = None  # see time_prices()
+        self._blend_price = 0.0  # seconds per HR pixel of cross-faded output, see time_prices()
         policy.prepare(self)
 
     def _tile_size(self, h: int, w: int) -> tuple[int, int] | None:
@@ -218,21 +241,26 @@ class Router:
         cap = WINDOW_PIXELS if self.batch is None else min(self.batch * window_pixels(tile), WINDOW_PIXELS)
         return merge(groups, h, w, self.overlap, max_pixels=cap)
 
-    def spend(
-        self, groups: dict[str, list[Window]], h: int, w: int, cost: dict[str, float] | None = None, per_pass: dict[str, float] | None = None
-    ) -> float:
+    def spend(self, groups: dict[str, list[Window]], h: int, w: int, time: bool = False, extra_seconds: float = 0.0) -> float:
         """What computing ``groups`` (branch -> patches of an h x w image) through :meth:`plan` costs, as a
-        fraction of the full branch's plan for all of them; ``cost``: per-pixel cost of each branch
-        (default Multi-Adds; :meth:`latencies` for time), ``per_pass``: a cost per forward pass on top
-        (:meth:`pass_latencies` for time; none for Multi-Adds)."""
-        cost = cost or self.cost
+        fraction of the full branch's plan for all of them: in Multi-Adds, or with ``time`` in seconds
+        priced as :meth:`__call__` prices them (:meth:`plan_seconds`), ``extra_seconds`` (e.g. the
+        policy's own work) added to the spent side."""
         plan, full_plan = self.plan(groups, h, w), self._full_plan(groups, h, w, True)
-        spent = sum(cost[b] * sum(window_pixels(t) for t in ts) for b, ts in plan.items())
-        full = cost[self.full.name] * sum(window_pixels(t) for t in full_plan[self.full.name])
-        if per_pass:
-            spent += sum(per_pass.get(b, 0.0) * n for b, n in self._passes(plan).items())
-            full += per_pass.get(self.full.name, 0.0) * self._passes(full_plan)[self.full.name]
-        return spent / full
+        if time:
+            return (self.plan_seconds(plan, h * w) + extra_seconds) / self.plan_seconds(full_plan, h * w)
+        spent = sum(self.cost[b] * sum(window_pixels(t) for t in ts) for b, ts in plan.items())
+        return spent / (self.cost[self.full.name] * sum(window_pixels(t) for t in full_plan[self.full.name]))
+
+    def plan_seconds(self, plan: dict[str, list[Window]], lr_pixels: int) -> float:
+        """Priced seconds of computing ``plan`` (branch -> windows, as :meth:`__call__` runs them) over an
+        image of ``lr_pixels``: each branch's passes and pixels (:meth:`time_prices`), and the
+        cross-fade of the seams where several branches meet."""
+        prices, passes = self.time_prices(), self._passes(plan)
+        seconds = sum(prices[b](sum(window_pixels(t) for t in ts), passes[b]) for b, ts in plan.items() if ts)
+        if sum(1 for ts in plan.values() if ts) > 1:
+            seconds += self._blend_price * lr_pixels * self.scale**2
+        return seconds
 
     def _pass_batch(self, plan: dict[str, list[Window]]) -> int:
         """Windows per forward pass of ``plan`` (each pass also holds at most ``WINDOW_PIXELS``)."""
@@ -255,25 +283,12 @@ class Router:
         lr = lr.unsqueeze(0) if lr.dim() == 3 else lr
         lr = lr.cpu()
         _, c, h, w = lr.shape
+        t0 = time.perf_counter()
         cells, patched = self.select_tiles(lr)
+        policy_seconds = time.perf_counter() - t0
         groups = self.plan(cells, h, w) if patched else cells  # a whole-image choice keeps its (memory) tiles
-        # tiles of different branches meet: cross-fade the seams over half the overlap
-        size = self._tile_size(h, w)
-        blend = min(self.overlap, *size) // 2 if len(groups) > 1 and size is not None else 0
-        image = np.empty((h * self.scale, w * self.scale, c), dtype=np.uint8)
-        batch = self._pass_batch(groups)
-        if blend == 0:  # cores pasted straight into the 8-bit image (a 1x3xHxW view of it)
-            view = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
-            for name, tiles in groups.items():
-                run_windows(self.runners[name], lr, self.scale, tiles, view, batch, self.device, pixels=WINDOW_PIXELS)
-        else:  # cross-faded seams: one float strip at a time, finished rows quantised into the image
-
-            def emit(row: int, rows: torch.Tensor) -> None:
-                image[row : row + rows.shape[2]] = rows[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
-
-            runs = [(self.runners[name], tiles) for name, tiles in groups.items()]
-            stitch(runs, lr, self.scale, emit, batch, self.device, blend, WINDOW_PIXELS)
-        result = Routed(image)
+        runs = [(self.runners[name], tiles) for name, tiles in groups.items()]
+        result = Routed(self._render(lr, runs, self._blend(h, w, len(groups)), self._pass_batch(groups)))
         for name, tiles in groups.items():
             pixels = sum(window_pixels(t) for t in tiles)
             result.tiles[name] += len(cells.get(name, ()))
@@ -285,7 +300,31 @@ class Router:
         result.full_passes = self._passes(full_plan)[self.full.name]
         result.full_macs = self.cost[self.full.name] * result.full_pixels
         result.overhead = result.full_pixels / (h * w) - 1.0
+        if len(self.choices) > 1:
+            result.seconds, result.full_seconds = self.plan_seconds(groups, h * w), self.plan_seconds(full_plan, h * w)
+            result.policy_seconds = policy_seconds
         return result
+
+    def _blend(self, h: int, w: int, branches: int) -> int:
+        """LR pixels each side of a seam cross-faded: half the overlap where tiles of several branches meet."""
+        size = self._tile_size(h, w)
+        return min(self.overlap, *size) // 2 if branches > 1 and size is not None else 0
+
+    def _render(self, lr: torch.Tensor, runs: list[tuple[Any, list[Window]]], blend: int, batch: int) -> np.ndarray:
+        """The HxWx3 uint8 SR image of ``runs`` (``(runner, windows)`` each) over ``lr`` (1x3xhxw)."""
+        _, c, h, w = lr.shape
+        image = np.empty((h * self.scale, w * self.scale, c), dtype=np.uint8)
+        if blend == 0:  # cores pasted straight into the 8-bit image (a 1x3xHxW view of it)
+            view = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
+            for fn, tiles in runs:
+                run_windows(fn, lr, self.scale, tiles, view, batch, self.device, pixels=WINDOW_PIXELS)
+        else:  # cross-faded seams: one float strip at a time, finished rows quantised into the image
+
+            def emit(row: int, rows: torch.Tensor) -> None:
+                image[row : row + rows.shape[2]] = rows[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+
+            stitch(runs, lr, self.scale, emit, batch, self.device, blend, WINDOW_PIXELS)
+        return image
 
     def _batch(self, pixels: int) -> int:
         """Windows of ``pixels`` LR pixels per forward pass: as many as ``WINDOW_PIXELS`` hold, at most ``batch``."""
@@ -293,68 +332,78 @@ class Router:
         return fit if self.batch is None else max(1, min(self.batch, fit))
 
     LATENCY_REPEATS = 5
-    LATENCY_PIXELS = 2**14  # LR pixels of the probe: a few routed windows, about a small image (B100's x4 LR is 9,600)
+    LATENCY_WARMUP = 2  # rounds not counted: new shapes' oneDNN primitives and first-touched buffers
+    LATENCY_PIXELS = 2**14  # LR pixels of the larger probes: about a small image (B100's x4 LR is 9,600)
 
-    def latencies(self) -> dict[str, float]:
-        """Measured seconds per LR pixel of each branch, on the windows per-patch routing runs (a ``tile``
-        patch plus its context): the slope between one window and as many as fill ``LATENCY_PIXELS`` in
-        one pass. The rest of a single window's time is the branch's cost per forward pass
-        (:meth:`pass_latencies`). Medians of ``LATENCY_REPEATS`` rounds after a warm-up, every branch in
-        every round, so a drift of the machine hits all of them; measured once, then cached. Time budgets
-        and time fractions are priced with these, as Multi-Adds are with ``macs_per_pixel``. The probe is
-        the size of what routing runs per image, not one large batch: at full width a 48-window batch ran
-        1.3x slower per pixel than a 120x80 image (its activations leave the cache), which priced the
-        narrow branches too cheap against a whole-image pass."""
-        if self._latency is None:
+    def time_prices(self) -> dict[str, TimePrice]:
+        """Each branch's :class:`TimePrice`, from measured forward passes of the windows routing runs:
+        ``per_pixel`` is the median rate of passes of about ``LATENCY_PIXELS`` - a batch of ``tile``
+        patches with their context, and single windows of three shapes (merged windows, and the
+        whole-image pass fractions are measured against) - and ``per_pass`` what one patch window takes
+        beyond that rate. Per-pixel time moves between shapes of one size (at full width here: 6.5-9.4 us,
+        one shape 1.7x another at 0.75 width), so the median of several shapes prices an image of unknown
+        shape, not one extrapolated probe. Medians of ``LATENCY_REPEATS`` rounds after ``LATENCY_WARMUP``,
+        every branch in every round, so a drift of the machine hits all of them; measured once, then
+        cached. Also priced: the seams' cross-fade, per HR pixel of an image served by several branches
+        (stitching a cheap stand-in network against pasting it)."""
+        if self._prices is None:
             side = (PATCH_TILE if self.tile in (None, "auto") else self.tile) + 2 * self.overlap
             n = max(1, min(self._batch(side * side), self.LATENCY_PIXELS // (side * side)))
-            x = torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(0)).to(self.device)
-            probes = (x[:1], x) if n > 1 else (x,)
-            times: dict[tuple[str, int], list[float]] = {(name, len(p)): [] for name in self.runners for p in probes}
+            shapes = {(1, side, side), (n, side, side)}
+            for aspect in (0.6, 0.9, 1.4):  # odd sides: 2^k-wide rows ran up to 1.7x slower per pixel once (cache-set aliasing)
+                h = max(side, round(math.sqrt(self.LATENCY_PIXELS * aspect))) | 1
+                shapes.add((1, h, max(side, self.LATENCY_PIXELS // h) | 1))
+            gen = torch.Generator().manual_seed(0)
+            probes = {s: torch.rand(s[0], 3, s[1], s[2], generator=gen).to(self.device) for s in sorted(shapes)}
+            cuda = torch.device(self.device).type == "cuda"
+            times: dict[tuple[str, tuple[int, int, int]], list[float]] = {(name, s): [] for name in self.runners for s in probes}
             with torch.no_grad():
-                for _ in range(self.LATENCY_REPEATS + 1):
+                for _ in range(self.LATENCY_REPEATS + self.LATENCY_WARMUP):
                     for name, run in self.runners.items():
-                        for p in probes:
+                        for s, x in probes.items():
                             t0 = time.perf_counter()
-                            run(p)
-                            if torch.device(self.device).type == "cuda":
+                            run(x)
+                            if cuda:
                                 torch.cuda.synchronize()
-                            times[name, len(p)].append(time.perf_counter() - t0)
-            med = {key: statistics.median(ts[1:]) for key, ts in times.items()}
-            px = side * side
-            self._latency, self._per_pass = {}, {}
+                            times[name, s].append(time.perf_counter() - t0)
+            med = {key: statistics.median(ts[self.LATENCY_WARMUP :]) for key, ts in times.items()}
+            one = (1, side, side)
+            self._prices = {}
             for name in self.runners:
-                one, many = med[name, 1], med[name, n]
-                slope = (many - one) / ((n - 1) * px) if n > 1 else 0.0
-                per_pixel = slope if slope > 0 else many / (n * px)  # noise can invert a small difference
-                self._latency[name] = per_pixel
-                self._per_pass[name] = max(one - per_pixel * px, 0.0)
-        return self._latency
+                rate = statistics.median(med[name, s] / (s[0] * s[1] * s[2]) for s in probes if s != one)
+                self._prices[name] = TimePrice(rate, max(med[name, one] - rate * side * side, 0.0))
+            self._blend_price = self._measure_blend(side - 2 * self.overlap)
+        return self._prices
 
-    def pass_latencies(self) -> dict[str, float]:
-        """Measured seconds each forward pass of a branch costs beyond its pixels (see :meth:`latencies`):
-        Python and kernel-launch work that a few small windows pay and one whole-image pass pays once."""
-        self.latencies()
-        return self._per_pass
+    def _measure_blend(self, patch: int) -> float:
+        """Seconds per HR pixel that cross-fading seams costs over pasting cores: the same ``patch``
+        windows of a stand-in network (nearest upsampling: almost free) rendered both ways, medians of
+        interleaved rounds."""
+        blend = min(self.overlap, patch) // 2
+        if blend == 0:
+            return 0.0
+        side = max(math.isqrt(self.LATENCY_PIXELS), 2 * patch + 1)
+        lr = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(1))
+        tiles = windows(side, side, (patch, patch), self.overlap)
 
-    def time_fraction(
-        self, pixels: Counter, full_pixels: int | None = None, passes: Counter | None = None, full_passes: int | None = None
-    ) -> float:
-        """Estimated compute time of routing that ran ``pixels`` (branch -> LR window pixels, summed
-        :attr:`Routed.pixels`) in ``passes`` (branch -> forward passes, summed :attr:`Routed.passes`) over
-        the full branch's on ``full_pixels`` in ``full_passes`` (summed :attr:`Routed.full_pixels` /
-        :attr:`Routed.full_passes`; default the same pixels, passes not priced), priced by
-        :meth:`latencies` and :meth:`pass_latencies` (1.0 without a choice to make: nothing is measured then)."""
-        if len(self.choices) == 1 or not pixels:
-            return 1.0
-        latency = self.latencies()
-        spent = sum(latency[name] * px for name, px in pixels.items())
-        full = latency[self.full.name] * (full_pixels or sum(pixels.values()))
-        if passes is not None and full_passes:
-            per_pass = self.pass_latencies()
-            spent += sum(per_pass.get(name, 0.0) * n for name, n in passes.items())
-            full += per_pass.get(self.full.name, 0.0) * full_passes
-        return spent / full
+        def upsample(x: torch.Tensor) -> torch.Tensor:  # channels_last, as the engine's runners return SR
+            return torch.nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest").contiguous(memory_format=torch.channels_last)
+
+        batch = self._pass_batch({"": tiles})
+        paste, fade = [], []
+        for _ in range(self.LATENCY_REPEATS + 1):
+            t0 = time.perf_counter()
+            self._render(lr, [(upsample, tiles)], 0, batch)
+            t1 = time.perf_counter()
+            self._render(lr, [(upsample, tiles[::2]), (upsample, tiles[1::2])], blend, batch)
+            paste.append(t1 - t0)
+            fade.append(time.perf_counter() - t1)
+        return max(statistics.median(fade[1:]) - statistics.median(paste[1:]), 0.0) / (side * side * self.scale**2)
+
+    def latencies(self) -> dict[str, float]:
+        """Measured seconds per LR pixel of each branch (:meth:`time_prices`' pixel term): the per-pixel
+        price a time budget's thresholds are calibrated with."""
+        return {name: price.per_pixel for name, price in self.time_prices().items()}
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -258,7 +258,8 @@ def stitch(
     _, c, h, w = lr.shape
     starts = sorted({t.core[0] for _, tiles in runs for t in tiles})
     top = 0  # HR row of the strip's first row: everything above it was emitted
-    out = torch.zeros(1, c, 0, w * scale)
+    # channels_last, as the engine's runners return SR: accumulating and quantising into the HxWx3 image run contiguous
+    out = torch.empty(1, c, 0, w * scale, memory_format=torch.channels_last)
     weights = torch.zeros(1, 1, 0, w * scale) if blend else None
     for k, y0 in enumerate(starts):
         row = [(fn, [t for t in tiles if t.core[0] == y0]) for fn, tiles in runs]
@@ -266,9 +267,7 @@ def stitch(
         bottom = max((min(t.core[1] + blend, h) if t.core[1] < h else h) * scale for _, ts in row for t in ts)
         if bottom - top > out.shape[2]:
             grow = bottom - top - out.shape[2]
-            out = torch.cat([out, out.new_zeros(1, c, grow, w * scale)], dim=2)
-            if weights is not None:
-                weights = torch.cat([weights, weights.new_zeros(1, 1, grow, w * scale)], dim=2)
+            out, weights = _grown(out, grow), None if weights is None else _grown(weights, grow)
         for fn, tiles in row:
             if tiles:
                 run_windows(fn, lr, scale, tiles, out, batch, device, blend, weights, top, pixels)
@@ -280,6 +279,16 @@ def stitch(
             out = out[:, :, done:].clone()
             weights = None if weights is None else weights[:, :, done:].clone()
             top += done
+
+
+def _grown(strip: torch.Tensor, rows: int) -> torch.Tensor:
+    """``strip`` (1xCxRxW) with ``rows`` zero rows added below, in its memory layout (``torch.cat`` makes
+    an empty channels_last strip contiguous)."""
+    n, c, h, w = strip.shape
+    layout = torch.channels_last if c > 1 else torch.contiguous_format
+    grown = torch.empty(n, c, h + rows, w, dtype=strip.dtype, memory_format=layout).zero_()
+    grown[:, :, :h] = strip
+    return grown
 
 
 def tiled_sr(

@@ -12,7 +12,7 @@ from kdsr.builtin.policies import Difficulty
 from kdsr.cli import main
 from kdsr.engine.infer import make_router, with_candidates
 from kdsr.errors import KdsrError
-from kdsr.inference import Router
+from kdsr.inference import Router, TimePrice, time_fraction
 from kdsr.models import open_models
 from kdsr.plain import PlainNetwork
 from kdsr.plugins import registry
@@ -51,7 +51,9 @@ def test_auto_routes_patches_of_large_images_and_small_images_whole():
 
 
 def count_calls(router: Router) -> dict[str, int]:
-    """Wrap the router's runners so each forward pass is counted (branch -> passes so far)."""
+    """Wrap the router's runners so each forward pass is counted (branch -> passes so far); the time
+    prices, which routing measures once on probes of its own, are measured first."""
+    router.time_prices()
     calls = {name: 0 for name in router.runners}
 
     def counted(name, run):
@@ -77,26 +79,34 @@ def test_patches_of_one_branch_run_batched():
 def test_time_fraction_prices_patches_by_measured_latency():
     branches, choices = toy_branches()
     router = Router(branches, choices, Difficulty([-5.0], "gradient", "patch"), 2, tile=8, overlap=2)
-    assert set(router.latencies()) == {"full", "cheap"} and all(v > 0 for v in router.latencies().values())
-    router._latency = {"full": 4.0, "cheap": 1.0}  # priced by hand: a quarter of the time per pixel
+    prices = router.time_prices()
+    assert set(prices) == {"full", "cheap"} and all(p.per_pixel > 0 and p.per_pass >= 0 for p in prices.values())
+    assert router.latencies() == {name: p.per_pixel for name, p in prices.items()}
+    router._prices, router._blend_price = {"full": TimePrice(4.0), "cheap": TimePrice(1.0)}, 0.0  # a quarter of the time per pixel
     routed = router(half_textured(8, 64))
-    assert router.time_fraction(routed.pixels) == pytest.approx((4 * 1.0 + 4 * 4.0) / (8 * 4.0))
+    px = routed.pixels
+    assert routed.seconds == pytest.approx(px["cheap"] * 1.0 + px["full"] * 4.0)
+    assert routed.full_seconds == pytest.approx(routed.full_pixels * 4.0) and routed.policy_seconds > 0
+    router._blend_price = 0.5  # the seams' cross-fade, per HR pixel (x2: 4 per LR pixel)
+    assert router(half_textured(8, 64)).seconds == pytest.approx(routed.seconds + 0.5 * 8 * 64 * 4)
 
 
 def test_time_prices_count_forward_passes():
     branches, choices = toy_branches()
     router = Router(branches, choices, Difficulty([-5.0], "gradient", "patch"), 2, tile=8, overlap=2, batch=2, merge=False)
-    assert set(router.pass_latencies()) == {"full", "cheap"} and all(v >= 0 for v in router.pass_latencies().values())
     calls = count_calls(router)
     routed = router(half_textured(8, 64))  # 4 flat + 4 textured patches, 2 windows per pass
     assert dict(routed.passes) == calls == {"cheap": 2, "full": 2}
     assert routed.full_passes == 4  # the full branch over all 8 patches, 2 per pass
-    router._latency, router._per_pass = {"full": 4.0, "cheap": 1.0}, {"full": 100.0, "cheap": 50.0}
+    router._prices, router._blend_price = {"full": TimePrice(4.0, 100.0), "cheap": TimePrice(1.0, 50.0)}, 0.0
     px = routed.pixels
-    expected = (px["cheap"] * 1.0 + px["full"] * 4.0 + 2 * 50.0 + 2 * 100.0) / (routed.full_pixels * 4.0 + 4 * 100.0)
-    assert router.time_fraction(px, routed.full_pixels, routed.passes, routed.full_passes) == pytest.approx(expected)
+    spent, full = px["cheap"] * 1.0 + 2 * 50.0 + px["full"] * 4.0 + 2 * 100.0, routed.full_pixels * 4.0 + 4 * 100.0
+    routed = router(half_textured(8, 64))
+    assert (routed.seconds, routed.full_seconds) == (pytest.approx(spent), pytest.approx(full))
+    assert time_fraction(routed.seconds, routed.full_seconds) == pytest.approx(spent / full)
     groups, _ = router.select_tiles(half_textured(8, 64))
-    assert router.spend(groups, 8, 64, router._latency, router._per_pass) == pytest.approx(expected)
+    assert router.spend(groups, 8, 64, time=True) == pytest.approx(spent / full)
+    assert router.spend(groups, 8, 64, time=True, extra_seconds=30.0) == pytest.approx((spent + 30.0) / full)
 
 
 def export_student(path, n_feats: int, scale: int = 2):

@@ -6,6 +6,7 @@ import functools
 import itertools
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -170,20 +171,25 @@ class Budget(Difficulty):
             for row in table:
                 row["score"] = self.scorer.ease(row["features"])
         self.prices = {c.name: c.macs_per_pixel for c in router.choices} if self.cost == "macs" else router.latencies()
-        self.pass_prices = router.pass_latencies() if self.cost == "time" else None  # time: a pass costs beyond its pixels
         self.thresholds, self.expected = fit_thresholds(table, router.choices, self.budget, grid, self.prices)
+        self._search_seconds, self._searched = 0.0, 0  # time: the offset search's seconds per tile, running mean
 
     def route(self, lr: torch.Tensor, tiles: list[Window], router: Router) -> dict[str, list[Window]]:
         if self.hold == "calibration":
             return super().route(lr, tiles, router)
+        t0 = time.perf_counter()
         scores = self.scores(lr, tiles)
         # offsets between the points where a patch changes branch, most spent first; the spend falls with
         # the offset (up to merging): bisect for where it crosses the budget, keep the nearer side
         points = sorted({t - s for t in self.thresholds if math.isfinite(t) for s in scores if math.isfinite(s)})
         offsets = [points[0] - 1, *((a + b) / 2 for a, b in zip(points, points[1:])), points[-1] + 1] if points else [0.0]
         h, w = lr.shape[-2:]
+        timed = self.cost == "time"
+        t1 = time.perf_counter()
+        # a time budget pays for this policy's own work too: the scores, and the search as it ran on earlier images
+        own = (t1 - t0) + self._search_seconds * len(tiles) if timed else 0.0
         spend = functools.lru_cache(maxsize=None)(
-            lambda i: router.spend(self.assign(tiles, scores, router.choices, offsets[i]), h, w, self.prices, self.pass_prices)
+            lambda i: router.spend(self.assign(tiles, scores, router.choices, offsets[i]), h, w, timed, own)
         )
         lo, hi = 0, len(offsets) - 1  # the first offset within budget is in [lo, hi] (the last if none is)
         while lo < hi:
@@ -194,7 +200,11 @@ class Budget(Difficulty):
                 lo = mid + 1
         if lo > 0 and abs(spend(lo - 1) - self.budget) < abs(spend(lo) - self.budget):
             lo -= 1  # just over the budget is nearer it than just under: images' misses then cancel
-        return self.assign(tiles, scores, router.choices, offsets[lo])
+        groups = self.assign(tiles, scores, router.choices, offsets[lo])
+        if timed:
+            self._searched += 1
+            self._search_seconds += ((time.perf_counter() - t1) / len(tiles) - self._search_seconds) / self._searched
+        return groups
 
 
 def fit_scorer(rows: list[dict[str, Any]], choices: Sequence[Choice]) -> LearnedScorer:

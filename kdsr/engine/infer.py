@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from kdsr.data import IMAGE_EXTENSIONS, list_images, read_image, to_float, write
 from kdsr.engine.build import pick_device
 from kdsr.engine.restore import evaluate_models
 from kdsr.errors import KdsrError
-from kdsr.inference import Choice, Router, budget_check
+from kdsr.inference import Choice, Router, budget_check, time_fraction
 from kdsr.models import Models, load_run, open_models
 from kdsr.plugins import registry
 from kdsr.progress import Progress
@@ -107,7 +106,7 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
         probe.unlink()
     except OSError as exc:
         raise KdsrError(f"output folder '{out_dir}' is not writable ({exc.strerror or exc}); choose another --out") from None
-    images, failed, pixels, passes, full_pixels, full_passes = [], [], Counter(), Counter(), 0, 0
+    images, failed, spent, full_spent = [], [], 0.0, 0.0
     bar = Progress(len(files), "infer", "image")
     for path in files:
         try:
@@ -121,10 +120,7 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         target = out_dir / f"{path.stem}.png"
         write_image(target, routed.image)
-        pixels.update(routed.pixels)
-        passes.update(routed.passes)
-        full_pixels += routed.full_pixels
-        full_passes += routed.full_passes
+        spent, full_spent = spent + routed.seconds + routed.policy_seconds, full_spent + routed.full_seconds
         images.append(
             {
                 "input": str(path),
@@ -140,14 +136,14 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
         bar.update(1)
     bar.close()
     macs_fraction = sum(i["macs"] for i in images) / max(sum(i["full_macs"] for i in images), 1.0)
-    time_fraction = router.time_fraction(pixels, full_pixels, passes, full_passes)
+    time_share = time_fraction(spent, full_spent)
     summary = {
         "policy": type(router.policy).__name__.lower(),
         "router": router.describe(),
         "images": images,
         "macs_fraction": macs_fraction,
-        "time_fraction": time_fraction,  # estimated from measured branch latencies (Router.latencies)
-        "budget": budget_check(router.policy, macs_fraction, time_fraction),
+        "time_fraction": time_share,  # priced by measured branch timings (Router.time_prices) + the policy's measured time
+        "budget": budget_check(router.policy, macs_fraction, time_share),
         "seconds": sum(i["seconds"] for i in images),
         "failed": failed,
     }

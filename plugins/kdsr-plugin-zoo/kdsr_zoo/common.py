@@ -137,6 +137,8 @@ def upsample_in_strips(
     images, rows = max(1, budget // (h * w)), max(4, budget // max(w, 1))  # whole images per piece, else rows per strip
     if images > 1 or h <= rows + 2 * TAIL_HALO:
         rows = h
+    else:
+        rows = -(-h // -(-h // rows))  # even strips: no sliver of a last strip paying a whole halo
     out = None
     for i in range(0, n, images):
         for y0 in range(0, h, rows):
