@@ -2,11 +2,13 @@
 default ``thp`` (huge pages, glibc's malloc defaults): the same jobs under each, each in its own process,
 the two settings alternating so that a drift of the machine hits both.
 
-Jobs (CPU, 2 threads, EDSR-baseline x4):
-* ``train``: median training step (L1, Adam) at batch 16, LR 48 px, at 64 and at 16 channels;
+Jobs (CPU, 2 threads, EDSR-baseline x4), in this order, so inference meets glibc as a fresh ``kdsr infer``
+process does (a training step first would have tuned glibc's mmap threshold):
 * ``infer``: median forward pass under inference mode to a 1280x720 output, 64 and 16 channels (the
   zoo's strips on), page faults per forward;
-* ``tiled 4K``: kdsr's router over a 960x540 LR (automatic tiles, 8-bit output).
+* ``patch``: single 52x52 LR windows of a 16-channel network (a routed 48 px patch with its context);
+* ``tiled 4K``: kdsr's router over a 960x540 LR (automatic tiles, 8-bit output); peak RSS so far;
+* ``train``: median training step (L1, Adam) at batch 16, LR 48 px, at 64 and at 16 channels; peak RSS.
 
 Usage: python bench/allocator.py [--pairs 3] [--quick]. Writes results/allocator.{json,md}.
 """
@@ -31,6 +33,40 @@ torch.manual_seed(0)
 out = {"mallopt": allocator.state["mallopt"]}
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+# inference first, as in a fresh `kdsr infer` process (a training step before it would tune glibc's thresholds)
+for ch in (64, 16):
+    net = registry("backbone").create("edsr_baseline", {"n_feats": ch}, scale=4).eval().to(memory_format=torch.channels_last)
+    lr = torch.rand(1, 3, 18 if quick else 180, 32 if quick else 320).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for _ in range(2):
+            net(lr)
+        times, f0 = [], faults()
+        for _ in range(3 if quick else 9):
+            t0 = time.perf_counter()
+            net(lr)
+            times.append(time.perf_counter() - t0)
+    out[f"infer {ch} ch s"] = statistics.median(times)
+    out[f"infer {ch} ch faults"] = (faults() - f0) / len(times)
+# what per-patch routing runs: single 52x52 LR windows (a 48 px patch and its context) of a narrow branch
+net = registry("backbone").create("edsr_baseline", {"n_feats": 16}, scale=4).eval().to(memory_format=torch.channels_last)
+patch = torch.rand(1, 3, 52, 52).contiguous(memory_format=torch.channels_last)
+with torch.inference_mode():
+    for _ in range(3):
+        net(patch)
+    times = []
+    for _ in range(5 if quick else 30):
+        t0 = time.perf_counter()
+        net(patch)
+        times.append(time.perf_counter() - t0)
+out["patch 52 px 16 ch ms"] = statistics.median(times) * 1e3
+net = registry("backbone").create("edsr_baseline", {}, scale=4).eval()
+router = router_for(Branch(net), 4, "auto", 16)
+lr = torch.rand(1, 3, 54 if quick else 540, 96 if quick else 960)
+router(lr)
+t0 = time.perf_counter()
+router(lr)
+out["tiled 4K s"] = time.perf_counter() - t0
+out["peak_rss_infer_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 for ch in (64, 16):
     net = registry("backbone").create("edsr_baseline", {"n_feats": ch}, scale=4)
     opt = torch.optim.Adam(net.parameters(), 1e-4)
@@ -46,25 +82,6 @@ for ch in (64, 16):
         opt.step()
         times.append(time.perf_counter() - t0)
     out[f"train {ch} ch s"] = statistics.median(times[1:])
-    net = net.eval().to(memory_format=torch.channels_last)
-    lr = torch.rand(1, 3, 18 if quick else 180, 32 if quick else 320).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        for _ in range(2):
-            net(lr)
-        times, f0 = [], faults()
-        for _ in range(3 if quick else 9):
-            t0 = time.perf_counter()
-            net(lr)
-            times.append(time.perf_counter() - t0)
-    out[f"infer {ch} ch s"] = statistics.median(times)
-    out[f"infer {ch} ch faults"] = (faults() - f0) / len(times)
-net = registry("backbone").create("edsr_baseline", {}, scale=4).eval()
-router = router_for(Branch(net), 4, "auto", 16)
-lr = torch.rand(1, 3, 54 if quick else 540, 96 if quick else 960)
-router(lr)
-t0 = time.perf_counter()
-router(lr)
-out["tiled 4K s"] = time.perf_counter() - t0
 out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 print(json.dumps(out))
 """

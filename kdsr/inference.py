@@ -12,7 +12,7 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,7 @@ class Policy:
 
     per_patch: bool = False
     target: tuple[str, float] | None = None
+    looks: bool = True  # False: chooses without looking at the image (full, fixed): no policy time to count
 
     def select(self, lr: torch.Tensor, choices: Sequence[Choice]) -> str:  # pragma: no cover
         raise NotImplementedError
@@ -126,14 +127,31 @@ class Routed:
     passes: Counter = field(default_factory=Counter)  # branch -> forward passes its windows took
     full_passes: int = 0  # forward passes of the full branch's plan for this image's tiles
     overhead: float = 0.0  # extra compute of those windows' overlaps over one whole-image pass
-    # time, priced by Router.time_prices (0 with a single branch: nothing to choose, nothing measured)
-    seconds: float = 0.0  # the plan's forward passes and the seams' cross-fade
-    full_seconds: float = 0.0  # the full branch's plan over the same tiles
     policy_seconds: float = 0.0  # measured: the policy's own work choosing the branches (scores, search)
+    full_only: bool = False  # the plan is the full branch's own: its time fraction is 1 whatever the prices
+    # (seconds of the plan, seconds of the full branch's plan), priced by Router.time_prices when first
+    # asked for; None with a single branch: nothing to choose, nothing measured (both 0)
+    pricing: Callable[[], tuple[float, float]] | None = field(default=None, repr=False)
+    _priced: tuple[float, float] | None = field(default=None, init=False, repr=False)
 
     @property
     def fraction(self) -> float:
         return self.macs / self.full_macs if self.full_macs else 1.0
+
+    def _price(self) -> tuple[float, float]:
+        if self._priced is None:
+            self._priced = self.pricing() if self.pricing is not None else (0.0, 0.0)
+        return self._priced
+
+    @property
+    def seconds(self) -> float:
+        """Priced seconds of the plan's forward passes and the seams' cross-fade."""
+        return self._price()[0]
+
+    @property
+    def full_seconds(self) -> float:
+        """Priced seconds of the full branch's plan over the same tiles."""
+        return self._price()[1]
 
     @property
     def sr(self) -> torch.Tensor:
@@ -154,6 +172,33 @@ class TimePrice:
 
     def __call__(self, pixels: float, passes: int = 0) -> float:
         return self.per_pixel * pixels + self.per_pass * passes
+
+
+class TimeShare:
+    """The time fraction of routed images: their priced seconds plus the policy's measured seconds over
+    the full branch's priced seconds, summed image by image (what ``kdsr infer`` / ``kdsr eval`` report).
+    Images served by the full branch's own plan count without being priced, so a run that never left the
+    full branch reports 1 without measuring any branch (seconds of probing, :meth:`Router.time_prices`)."""
+
+    def __init__(self) -> None:
+        self.spent = self.full = 0.0
+        self._unpriced: list[Callable[[], tuple[float, float]] | None] = []
+
+    def add(self, routed: Routed) -> None:
+        if routed.full_only and not routed.policy_seconds:
+            self._unpriced.append(routed.pricing)  # not the image: a closure over the plans
+            return
+        self.spent += routed.seconds + routed.policy_seconds
+        self.full += routed.full_seconds
+
+    @property
+    def fraction(self) -> float:
+        if self.full:  # something else ran: price the full-only images too, as like with like
+            for pricing in self._unpriced:
+                spent, full = pricing() if pricing is not None else (0.0, 0.0)
+                self.spent, self.full = self.spent + spent, self.full + full
+            self._unpriced = []
+        return time_fraction(self.spent, self.full)
 
 
 def time_fraction(spent: float, full: float) -> float:
@@ -207,8 +252,8 @@ class Router:
                         f"tiles (--tile {tile}) change the output of branch '{name}' ({reason}); "
                         f"use --tile 0 for whole-image inference"
                     )
-        self._prices: dict[str, TimePrice] | None = None  # see time_prices()
-        self._blend_price = 0.0  # seconds per HR pixel of cross-faded output, see time_prices()
+        self._prices: dict[str, TimePrice] = {}  # measured on demand, see time_prices()
+        self._blend_price: float | None = None  # seconds per HR pixel of cross-faded output, see plan_seconds()
         policy.prepare(self)
 
     def _tile_size(self, h: int, w: int) -> tuple[int, int] | None:
@@ -256,9 +301,12 @@ class Router:
         """Priced seconds of computing ``plan`` (branch -> windows, as :meth:`__call__` runs them) over an
         image of ``lr_pixels``: each branch's passes and pixels (:meth:`time_prices`), and the
         cross-fade of the seams where several branches meet."""
-        prices, passes = self.time_prices(), self._passes(plan)
-        seconds = sum(prices[b](sum(window_pixels(t) for t in ts), passes[b]) for b, ts in plan.items() if ts)
-        if sum(1 for ts in plan.values() if ts) > 1:
+        used = [b for b, ts in plan.items() if ts]
+        prices, passes = self.time_prices(used), self._passes(plan)
+        seconds = sum(prices[b](sum(window_pixels(t) for t in plan[b]), passes[b]) for b in used)
+        if len(used) > 1:
+            if self._blend_price is None:
+                self._blend_price = self._measure_blend(self._probe_side() - 2 * self.overlap)
             seconds += self._blend_price * lr_pixels * self.scale**2
         return seconds
 
@@ -300,9 +348,10 @@ class Router:
         result.full_passes = self._passes(full_plan)[self.full.name]
         result.full_macs = self.cost[self.full.name] * result.full_pixels
         result.overhead = result.full_pixels / (h * w) - 1.0
+        result.full_only = groups == full_plan
         if len(self.choices) > 1:
-            result.seconds, result.full_seconds = self.plan_seconds(groups, h * w), self.plan_seconds(full_plan, h * w)
-            result.policy_seconds = policy_seconds
+            result.pricing = lambda: (self.plan_seconds(groups, h * w), self.plan_seconds(full_plan, h * w))
+            result.policy_seconds = policy_seconds if self.policy.looks else 0.0
         return result
 
     def _blend(self, h: int, w: int, branches: int) -> int:
@@ -335,19 +384,24 @@ class Router:
     LATENCY_WARMUP = 2  # rounds not counted: new shapes' oneDNN primitives and first-touched buffers
     LATENCY_PIXELS = 2**14  # LR pixels of the larger probes: about a small image (B100's x4 LR is 9,600)
 
-    def time_prices(self) -> dict[str, TimePrice]:
-        """Each branch's :class:`TimePrice`, from measured forward passes of the windows routing runs:
-        ``per_pixel`` is the median rate of passes of about ``LATENCY_PIXELS`` - a batch of ``tile``
-        patches with their context, and single windows of three shapes (merged windows, and the
-        whole-image pass fractions are measured against) - and ``per_pass`` what one patch window takes
-        beyond that rate. Per-pixel time moves between shapes of one size (at full width here: 6.5-9.4 us,
-        one shape 1.7x another at 0.75 width), so the median of several shapes prices an image of unknown
-        shape, not one extrapolated probe. Medians of ``LATENCY_REPEATS`` rounds after ``LATENCY_WARMUP``,
-        every branch in every round, so a drift of the machine hits all of them; measured once, then
-        cached. Also priced: the seams' cross-fade, per HR pixel of an image served by several branches
-        (stitching a cheap stand-in network against pasting it)."""
-        if self._prices is None:
-            side = (PATCH_TILE if self.tile in (None, "auto") else self.tile) + 2 * self.overlap
+    def _probe_side(self) -> int:
+        """LR side of one routing window: a patch and its context."""
+        return (PATCH_TILE if self.tile in (None, "auto") else self.tile) + 2 * self.overlap
+
+    def time_prices(self, names: Sequence[str] | None = None) -> dict[str, TimePrice]:
+        """The :class:`TimePrice` of each branch in ``names`` (default: all), from measured forward passes of
+        the windows routing runs: ``per_pixel`` is the median rate of passes of about ``LATENCY_PIXELS`` - a
+        batch of ``tile`` patches with their context, and single windows of three shapes (merged windows,
+        and the whole-image pass fractions are measured against) - and ``per_pass`` what one patch window
+        takes beyond that rate. Per-pixel time moves between shapes of one size (at full width here:
+        6.5-9.4 us, one shape 1.7x another at 0.75 width), so the median of several shapes prices an image
+        of unknown shape, not one extrapolated probe. Medians of ``LATENCY_REPEATS`` rounds after
+        ``LATENCY_WARMUP``, every branch asked for in every round, so a drift of the machine hits all of
+        them; measured when first asked for (a branch no plan uses is never probed), then cached."""
+        names = list(self.runners if names is None else names)
+        missing = [n for n in dict.fromkeys(names) if n not in self._prices]
+        if missing:
+            side = self._probe_side()
             n = max(1, min(self._batch(side * side), self.LATENCY_PIXELS // (side * side)))
             shapes = {(1, side, side), (n, side, side)}
             for aspect in (0.6, 0.9, 1.4):  # odd sides: 2^k-wide rows ran up to 1.7x slower per pixel once (cache-set aliasing)
@@ -356,24 +410,22 @@ class Router:
             gen = torch.Generator().manual_seed(0)
             probes = {s: torch.rand(s[0], 3, s[1], s[2], generator=gen).to(self.device) for s in sorted(shapes)}
             cuda = torch.device(self.device).type == "cuda"
-            times: dict[tuple[str, tuple[int, int, int]], list[float]] = {(name, s): [] for name in self.runners for s in probes}
+            times: dict[tuple[str, tuple[int, int, int]], list[float]] = {(name, s): [] for name in missing for s in probes}
             with torch.no_grad():
                 for _ in range(self.LATENCY_REPEATS + self.LATENCY_WARMUP):
-                    for name, run in self.runners.items():
+                    for name in missing:
                         for s, x in probes.items():
                             t0 = time.perf_counter()
-                            run(x)
+                            self.runners[name](x)
                             if cuda:
                                 torch.cuda.synchronize()
                             times[name, s].append(time.perf_counter() - t0)
             med = {key: statistics.median(ts[self.LATENCY_WARMUP :]) for key, ts in times.items()}
             one = (1, side, side)
-            self._prices = {}
-            for name in self.runners:
+            for name in missing:
                 rate = statistics.median(med[name, s] / (s[0] * s[1] * s[2]) for s in probes if s != one)
                 self._prices[name] = TimePrice(rate, max(med[name, one] - rate * side * side, 0.0))
-            self._blend_price = self._measure_blend(side - 2 * self.overlap)
-        return self._prices
+        return {name: self._prices[name] for name in names}
 
     def _measure_blend(self, patch: int) -> float:
         """Seconds per HR pixel that cross-fading seams costs over pasting cores: the same ``patch``

@@ -12,7 +12,7 @@ from kdsr.cli import main
 from kdsr.data import ImageFolder, SRPairs, read_image, to_float
 from kdsr.engine.infer import infer
 from kdsr.errors import KdsrError
-from kdsr.inference import Choice, Router, TimePrice, budget_check, time_fraction
+from kdsr.inference import Choice, Router, TimePrice, TimeShare, budget_check
 from kdsr.plugins import registry
 from tests.dynamic_kit import mosaic_folder, toy_branches
 
@@ -93,13 +93,13 @@ def test_time_budget_router_holds_its_time_fraction(tmp_path, monkeypatch):
     # prices as measured would make the test depend on this machine's timing (the toy branches' cost
     # is mostly overhead: cheap measured 0.78 of full once, and a 0.7 budget was out of reach); these are
     # a slow network's, so the policy's own measured milliseconds, which count too, are a small part
-    monkeypatch.setattr(Router, "time_prices", lambda self: {"cheap": TimePrice(2e-4), "full": TimePrice(1e-3)})
+    prices = {"cheap": TimePrice(2e-4), "full": TimePrice(1e-3)}
+    monkeypatch.setattr(Router, "time_prices", lambda self, names=None: {n: prices[n] for n in (names or prices)})
     router = budget_router(mosaic_folder(tmp_path / "cal", 4, seed=1), 0.7, cost="time")
-    spent = full = 0.0
+    share = TimeShare()
     for _, lr, _ in SRPairs(ImageFolder(mosaic_folder(tmp_path / "other", 4, seed=2)), 2):
-        routed = router(to_float(lr))
-        spent, full = spent + routed.seconds + routed.policy_seconds, full + routed.full_seconds
-    assert time_fraction(spent, full) == pytest.approx(0.7, rel=0.1)  # on images it was not calibrated on
+        share.add(router(to_float(lr)))
+    assert share.fraction == pytest.approx(0.7, rel=0.1)  # on images it was not calibrated on
 
 
 @pytest.mark.parametrize("value", [0, -0.1, 1.5])

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from kdsr.builtin.policies import Difficulty
+from kdsr.builtin.policies import Difficulty, Fixed, Full
 from kdsr.cli import main
 from kdsr.engine.infer import make_router, with_candidates
 from kdsr.errors import KdsrError
-from kdsr.inference import Router, TimePrice, time_fraction
+from kdsr.inference import Router, TimePrice, TimeShare, time_fraction
 from kdsr.models import open_models
 from kdsr.plain import PlainNetwork
 from kdsr.plugins import registry
@@ -168,3 +168,22 @@ def test_tradeoff_labels_every_measure_and_budget_against_multi_adds_and_time(ru
     assert all({"macs_fraction", "time_fraction"} <= set(p["scores"]["val"]) for p in result["points"])
     assert result["cost"] == "macs" and (run_dir / "tradeoff.png").stat().st_size > 0
     assert "| budget 0.5 learned |" in (run_dir / "report.md").read_text()
+
+
+def test_branches_are_priced_only_when_a_plan_uses_them():
+    branches, choices = toy_branches()
+    router = Router(branches, choices, Difficulty([-5.0], "gradient", "patch"), 2, tile=8, overlap=2)
+    assert set(router.time_prices(["cheap"])) == {"cheap"} and set(router._prices) == {"cheap"}
+    router = Router(branches, choices, Full(), 2, tile=8, overlap=2)
+    share, full_only = TimeShare(), [router(half_textured(8, 64)) for _ in range(2)]
+    for routed in full_only:
+        assert routed.full_only and routed.policy_seconds == 0.0
+        share.add(routed)
+    assert share.fraction == 1.0 and router._prices == {}  # never left the full branch: nothing probed
+    router.policy = Fixed("cheap", None)
+    cheap = router(half_textured(8, 64))
+    share.add(cheap)  # something else ran: the full-only images are priced too, like with like
+    assert not cheap.full_only and set(router._prices) == {"cheap", "full"}
+    full = full_only[0].full_seconds
+    assert full_only[0].seconds == full and cheap.full_seconds == pytest.approx(full)
+    assert share.fraction == pytest.approx((cheap.seconds + 2 * full) / (3 * full))

@@ -22,11 +22,15 @@ from kdsr.tiling import Window
 
 
 class Full(Policy):
+    looks = False
+
     def select(self, lr: torch.Tensor, choices: Sequence[Choice]) -> str:
         return max(choices, key=lambda c: c.macs_per_pixel).name
 
 
 class Fixed(Policy):
+    looks = False
+
     def __init__(self, branch: str | None, width: float | None) -> None:
         self.branch, self.width = branch, width
 

@@ -15,7 +15,7 @@ from kdsr.data import IMAGE_EXTENSIONS, list_images, read_image, to_float, write
 from kdsr.engine.build import pick_device
 from kdsr.engine.restore import evaluate_models
 from kdsr.errors import KdsrError
-from kdsr.inference import Choice, Router, budget_check, time_fraction
+from kdsr.inference import Choice, Router, TimeShare, budget_check
 from kdsr.models import Models, load_run, open_models
 from kdsr.plugins import registry
 from kdsr.progress import Progress
@@ -106,7 +106,7 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
         probe.unlink()
     except OSError as exc:
         raise KdsrError(f"output folder '{out_dir}' is not writable ({exc.strerror or exc}); choose another --out") from None
-    images, failed, spent, full_spent = [], [], 0.0, 0.0
+    images, failed, time_share = [], [], TimeShare()
     bar = Progress(len(files), "infer", "image")
     for path in files:
         try:
@@ -120,7 +120,7 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         target = out_dir / f"{path.stem}.png"
         write_image(target, routed.image)
-        spent, full_spent = spent + routed.seconds + routed.policy_seconds, full_spent + routed.full_seconds
+        time_share.add(routed)
         images.append(
             {
                 "input": str(path),
@@ -136,7 +136,7 @@ def infer(router: Router, inputs: list[Path], out_dir: Path) -> dict[str, Any]:
         bar.update(1)
     bar.close()
     macs_fraction = sum(i["macs"] for i in images) / max(sum(i["full_macs"] for i in images), 1.0)
-    time_share = time_fraction(spent, full_spent)
+    time_share = time_share.fraction
     summary = {
         "policy": type(router.policy).__name__.lower(),
         "router": router.describe(),

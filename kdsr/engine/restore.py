@@ -21,7 +21,7 @@ from kdsr.data import quantize, to_float
 from kdsr.engine.build import build_eval_sets, build_metrics, pick_device
 from kdsr.engine.evaluate import evaluate
 from kdsr.errors import KdsrError
-from kdsr.inference import Router, budget_check, time_fraction
+from kdsr.inference import Router, TimeShare, budget_check
 from kdsr.models import Models, open_models
 from kdsr.progress import Progress
 from kdsr.runtime import FP32, Runtime, with_delta
@@ -105,17 +105,17 @@ def evaluate_policy(router: Router, sets, metrics, scale: int) -> dict[str, dict
     for eval_set in sets:
         sums = dict.fromkeys(metrics, 0.0)
         macs = full = 0.0
-        spent = full_spent = 0.0  # seconds, priced (Router.time_prices) + the policy's measured time
+        time_share = TimeShare()  # seconds, priced (Router.time_prices) + the policy's measured time
         for _, lr_u8, hr_u8 in eval_set.pairs:
             routed = router(to_float(lr_u8))
             sr = quantize(routed.sr[0])
             for m, fn in metrics.items():
                 sums[m] += fn(sr, to_float(hr_u8), scale)
             macs, full = macs + routed.macs, full + routed.full_macs
-            spent, full_spent = spent + routed.seconds + routed.policy_seconds, full_spent + routed.full_seconds
+            time_share.add(routed)
             bar.update(1)
         n = max(len(eval_set.pairs), 1)
-        macs_fraction, time_share = macs / full if full else 1.0, time_fraction(spent, full_spent)
+        macs_fraction, time_share = macs / full if full else 1.0, time_share.fraction
         out[eval_set.label] = {**{m: v / n for m, v in sums.items()}, "macs_fraction": macs_fraction, "time_fraction": time_share}
         check = budget_check(router.policy, macs_fraction, time_share)
         if check is not None:  # the target beside what was achieved; a miss was warned about
