@@ -38,6 +38,7 @@ from kdsr.tiling import (
     plan_tile,
     run_windows,
     stitch,
+    stitched_by_row,
     tiles_change_output,
     window_pixels,
     windows,
@@ -302,7 +303,7 @@ class Router:
         image of ``lr_pixels``: each branch's passes and pixels (:meth:`time_prices`), and the
         cross-fade of the seams where several branches meet."""
         used = [b for b, ts in plan.items() if ts]
-        prices, passes = self.time_prices(used), self._passes(plan)
+        prices, passes = self.time_prices(used), self._passes(plan, lr_pixels)
         seconds = sum(prices[b](sum(window_pixels(t) for t in plan[b]), passes[b]) for b in used)
         if len(used) > 1:
             if self._blend_price is None:
@@ -314,9 +315,11 @@ class Router:
         """Windows per forward pass of ``plan`` (each pass also holds at most ``WINDOW_PIXELS``)."""
         return self.batch or sum(map(len, plan.values()))
 
-    def _passes(self, plan: dict[str, list[Window]]) -> Counter:
-        """Forward passes of each branch in ``plan`` (branch -> windows), batched as :meth:`__call__` runs them."""
-        by_row = len(plan) > 1  # several branches: stitched row by row
+    def _passes(self, plan: dict[str, list[Window]], lr_pixels: int) -> Counter:
+        """Forward passes of each branch in ``plan`` (branch -> windows) over an image of ``lr_pixels``,
+        batched as :meth:`__call__` runs them."""
+        # several branches with seams to cross-fade are stitched (see _render), large outputs a row of tiles at a time
+        by_row = len(plan) > 1 and self.overlap // 2 > 0 and stitched_by_row(lr_pixels, self.scale)
         return Counter({b: forward_passes(ts, self._pass_batch(plan), WINDOW_PIXELS, by_row) for b, ts in plan.items() if ts})
 
     def _full_plan(self, groups: dict[str, list[Window]], h: int, w: int, patched: bool) -> dict[str, list[Window]]:
@@ -342,10 +345,10 @@ class Router:
             result.tiles[name] += len(cells.get(name, ()))
             result.pixels[name] += pixels
             result.macs += self.cost[name] * pixels
-        result.passes = self._passes(groups)
+        result.passes = self._passes(groups, h * w)
         full_plan = self._full_plan(cells, h, w, patched)
         result.full_pixels = sum(window_pixels(t) for t in full_plan[self.full.name])
-        result.full_passes = self._passes(full_plan)[self.full.name]
+        result.full_passes = self._passes(full_plan, h * w)[self.full.name]
         result.full_macs = self.cost[self.full.name] * result.full_pixels
         result.overhead = result.full_pixels / (h * w) - 1.0
         result.full_only = groups == full_plan

@@ -65,6 +65,14 @@ def windows(h: int, w: int, tile: int | tuple[int, int], overlap: int) -> list[W
 
 
 WINDOW_PIXELS = 1 << 17  # LR pixels per forward pass when kdsr picks the tiles: ~1.3 GB of EDSR-baseline x4 activations
+# HR pixels of an output :func:`stitch` holds in float at once (24 MiB of RGB, 8 of blend weights): a smaller
+# one is stitched as one band, so each branch's windows run batched across tile rows (fewer passes)
+STITCH_BAND_PIXELS = 1 << 21
+
+
+def stitched_by_row(lr_pixels: int, scale: int) -> bool:
+    """Whether :func:`stitch` runs the tiles of an image of ``lr_pixels`` one row of tiles at a time (a large output)."""
+    return lr_pixels * scale**2 > STITCH_BAND_PIXELS
 
 
 def plan_tile(h: int, w: int, overlap: int, max_pixels: int = WINDOW_PIXELS) -> tuple[int, int]:
@@ -253,16 +261,18 @@ def stitch(
 
     Only the rows between the last band emitted and the lowest row a started tile reaches are held in
     float (one tile row, or the height of a merged window, see :func:`merge`), so the output can be kept in 8
-    bits by ``emit``; tiles of one shape that start on one row run batched.
+    bits by ``emit``; tiles of one shape that start on one row run batched. An output of at most
+    ``STITCH_BAND_PIXELS`` is one band (:func:`stitched_by_row`): tiles of one shape run batched whatever row.
     """
     _, c, h, w = lr.shape
     starts = sorted({t.core[0] for _, tiles in runs for t in tiles})
+    bands = [[y0] for y0 in starts] if stitched_by_row(h * w, scale) else [starts]
     top = 0  # HR row of the strip's first row: everything above it was emitted
     # channels_last, as the engine's runners return SR: accumulating and quantising into the HxWx3 image run contiguous
     out = torch.empty(1, c, 0, w * scale, memory_format=torch.channels_last)
     weights = torch.zeros(1, 1, 0, w * scale) if blend else None
-    for k, y0 in enumerate(starts):
-        row = [(fn, [t for t in tiles if t.core[0] == y0]) for fn, tiles in runs]
+    for k, band in enumerate(bands):
+        row = [(fn, [t for t in tiles if t.core[0] in band]) for fn, tiles in runs]
         # the lowest HR row these tiles' widened cores reach (see _ramp)
         bottom = max((min(t.core[1] + blend, h) if t.core[1] < h else h) * scale for _, ts in row for t in ts)
         if bottom - top > out.shape[2]:
@@ -271,7 +281,7 @@ def stitch(
         for fn, tiles in row:
             if tiles:
                 run_windows(fn, lr, scale, tiles, out, batch, device, blend, weights, top, pixels)
-        following = starts[k + 1] if k + 1 < len(starts) else h
+        following = bands[k + 1][0] if k + 1 < len(bands) else h
         done = ((following - blend) if following < h else h) * scale - top  # rows no later tile reaches
         if done > 0:
             emit(top, out[:, :, :done] if weights is None else out[:, :, :done] / weights[:, :, :done])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kdsr.plugins import registry
+from kdsr import tiling
 from kdsr.tiling import Window, forward_passes, merge, run_windows, stitch, tiled_sr, window_pixels, windows
 
 
@@ -108,7 +109,7 @@ def test_merge_respects_its_bounds():
 
 
 @pytest.mark.parametrize("batch", [1, 3, 16])
-def test_forward_passes_counts_the_passes_run_windows_and_stitch_make(batch):
+def test_forward_passes_counts_the_passes_run_windows_and_stitch_make(batch, monkeypatch):
     lr = torch.rand(1, 3, 30, 44, generator=torch.Generator().manual_seed(0))
     tiles = windows(30, 44, 8, 2)  # cores of two sizes per axis: windows of several shapes
     calls = []
@@ -120,5 +121,13 @@ def test_forward_passes_counts_the_passes_run_windows_and_stitch_make(batch):
     run_windows(fn, lr, 2, tiles, torch.zeros(1, 3, 60, 88), batch, pixels=200)
     assert len(calls) == forward_passes(tiles, batch, 200)
     calls.clear()
-    stitch([(fn, tiles)], lr, 2, lambda row, rows: None, batch, blend=1, pixels=200)
-    assert len(calls) == forward_passes(tiles, batch, 200, by_row=True)
+    rows = {}
+    stitch([(fn, tiles)], lr, 2, lambda row, band: rows.update({row: band}), batch, blend=1, pixels=200)
+    assert len(calls) == forward_passes(tiles, batch, 200) and list(rows) == [0]  # a small output: one band
+    whole = torch.cat(list(rows.values()), dim=2)
+    calls.clear()
+    rows.clear()
+    monkeypatch.setattr(tiling, "STITCH_BAND_PIXELS", 0)  # a large output: a row of tiles at a time
+    stitch([(fn, tiles)], lr, 2, lambda row, band: rows.update({row: band.clone()}), batch, blend=1, pixels=200)
+    assert len(calls) == forward_passes(tiles, batch, 200, by_row=True) and len(rows) > 1
+    assert torch.equal(torch.cat(list(rows.values()), dim=2), whole)
