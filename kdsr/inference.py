@@ -294,32 +294,32 @@ class Router:
         policy's own work) added to the spent side."""
         plan, full_plan = self.plan(groups, h, w), self._full_plan(groups, h, w, True)
         if time:
-            return (self.plan_seconds(plan, h * w) + extra_seconds) / self.plan_seconds(full_plan, h * w)
+            return (self.plan_seconds(plan, h, w) + extra_seconds) / self.plan_seconds(full_plan, h, w)
         spent = sum(self.cost[b] * sum(window_pixels(t) for t in ts) for b, ts in plan.items())
         return spent / (self.cost[self.full.name] * sum(window_pixels(t) for t in full_plan[self.full.name]))
 
-    def plan_seconds(self, plan: dict[str, list[Window]], lr_pixels: int) -> float:
+    def plan_seconds(self, plan: dict[str, list[Window]], h: int, w: int) -> float:
         """Priced seconds of computing ``plan`` (branch -> windows, as :meth:`__call__` runs them) over an
-        image of ``lr_pixels``: each branch's passes and pixels (:meth:`time_prices`), and the
-        cross-fade of the seams where several branches meet."""
+        h x w LR image: each branch's passes and pixels (:meth:`time_prices`), and the cross-fade of the
+        seams where several branches meet."""
         used = [b for b, ts in plan.items() if ts]
-        prices, passes = self.time_prices(used), self._passes(plan, lr_pixels)
+        prices, passes = self.time_prices(used), self._passes(plan, h, w)
         seconds = sum(prices[b](sum(window_pixels(t) for t in plan[b]), passes[b]) for b in used)
         if len(used) > 1:
             if self._blend_price is None:
-                self._blend_price = self._measure_blend(self._probe_side() - 2 * self.overlap)
-            seconds += self._blend_price * lr_pixels * self.scale**2
+                self._blend_price = self._measure_blend(self._patch_side())
+            seconds += self._blend_price * h * w * self.scale**2
         return seconds
 
     def _pass_batch(self, plan: dict[str, list[Window]]) -> int:
         """Windows per forward pass of ``plan`` (each pass also holds at most ``WINDOW_PIXELS``)."""
         return self.batch or sum(map(len, plan.values()))
 
-    def _passes(self, plan: dict[str, list[Window]], lr_pixels: int) -> Counter:
-        """Forward passes of each branch in ``plan`` (branch -> windows) over an image of ``lr_pixels``,
-        batched as :meth:`__call__` runs them."""
-        # several branches with seams to cross-fade are stitched (see _render), large outputs a row of tiles at a time
-        by_row = len(plan) > 1 and self.overlap // 2 > 0 and stitched_by_row(lr_pixels, self.scale)
+    def _passes(self, plan: dict[str, list[Window]], h: int, w: int) -> Counter:
+        """Forward passes of each branch in ``plan`` (branch -> windows) over an h x w LR image, batched as
+        :meth:`__call__` runs them."""
+        # seams to cross-fade: stitched (see _render), a large output one row of tiles at a time
+        by_row = self._blend(h, w, len(plan)) > 0 and stitched_by_row(h * w, self.scale)
         return Counter({b: forward_passes(ts, self._pass_batch(plan), WINDOW_PIXELS, by_row) for b, ts in plan.items() if ts})
 
     def _full_plan(self, groups: dict[str, list[Window]], h: int, w: int, patched: bool) -> dict[str, list[Window]]:
@@ -345,15 +345,15 @@ class Router:
             result.tiles[name] += len(cells.get(name, ()))
             result.pixels[name] += pixels
             result.macs += self.cost[name] * pixels
-        result.passes = self._passes(groups, h * w)
+        result.passes = self._passes(groups, h, w)
         full_plan = self._full_plan(cells, h, w, patched)
         result.full_pixels = sum(window_pixels(t) for t in full_plan[self.full.name])
-        result.full_passes = self._passes(full_plan, h * w)[self.full.name]
+        result.full_passes = self._passes(full_plan, h, w)[self.full.name]
         result.full_macs = self.cost[self.full.name] * result.full_pixels
         result.overhead = result.full_pixels / (h * w) - 1.0
         result.full_only = groups == full_plan
         if len(self.choices) > 1:
-            result.pricing = lambda: (self.plan_seconds(groups, h * w), self.plan_seconds(full_plan, h * w))
+            result.pricing = lambda: (self.plan_seconds(groups, h, w), self.plan_seconds(full_plan, h, w))
             result.policy_seconds = policy_seconds if self.policy.looks else 0.0
         return result
 
@@ -387,9 +387,9 @@ class Router:
     LATENCY_WARMUP = 2  # rounds not counted: new shapes' oneDNN primitives and first-touched buffers
     LATENCY_PIXELS = 2**14  # LR pixels of the larger probes: about a small image (B100's x4 LR is 9,600)
 
-    def _probe_side(self) -> int:
-        """LR side of one routing window: a patch and its context."""
-        return (PATCH_TILE if self.tile in (None, "auto") else self.tile) + 2 * self.overlap
+    def _patch_side(self) -> int:
+        """LR side of one routing patch (the windows time is priced on add ``overlap`` each side)."""
+        return PATCH_TILE if self.tile in (None, "auto") else self.tile
 
     def time_prices(self, names: Sequence[str] | None = None) -> dict[str, TimePrice]:
         """The :class:`TimePrice` of each branch in ``names`` (default: all), from measured forward passes of
@@ -404,7 +404,7 @@ class Router:
         names = list(self.runners if names is None else names)
         missing = [n for n in dict.fromkeys(names) if n not in self._prices]
         if missing:
-            side = self._probe_side()
+            side = self._patch_side() + 2 * self.overlap
             n = max(1, min(self._batch(side * side), self.LATENCY_PIXELS // (side * side)))
             shapes = {(1, side, side), (n, side, side)}
             for aspect in (0.6, 0.9, 1.4):  # odd sides: 2^k-wide rows ran up to 1.7x slower per pixel once (cache-set aliasing)

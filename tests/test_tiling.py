@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdsr.plugins import registry
 from kdsr import tiling
+from kdsr.plugins import registry
 from kdsr.tiling import Window, forward_passes, merge, run_windows, stitch, tiled_sr, window_pixels, windows
 
 
