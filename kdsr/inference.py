@@ -373,7 +373,8 @@ class Router:
         else:  # cross-faded seams: one float strip at a time, finished rows quantised into the image
 
             def emit(row: int, rows: torch.Tensor) -> None:
-                image[row : row + rows.shape[2]] = rows[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+                # float -> uint8 in the copy (exact: rounded values in [0, 255]), no 8-bit temporary
+                torch.from_numpy(image[row : row + rows.shape[2]]).copy_(rows[0].clamp_(0, 1).mul_(255).round_().permute(1, 2, 0))
 
             stitch(runs, lr, self.scale, emit, batch, self.device, blend, WINDOW_PIXELS)
         return image

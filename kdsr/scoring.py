@@ -37,18 +37,70 @@ def official_calc_psnr(sr: torch.Tensor, hr: torch.Tensor, scale: int, benchmark
     (the official DIV2K-validation mode) RGB with ``scale + 6`` shaved. The shave is dropped on images too
     small to keep two pixels after it (a tile); an exact match scores ``inf``.
     """
+    return official_psnrs(sr, hr, scale, benchmark)[0]
+
+
+def official_psnrs(sr: torch.Tensor, hr: torch.Tensor, scale: int, benchmark: bool = True) -> list[float]:
+    """:func:`official_calc_psnr` of each image of an Nx3xhxw batch."""
     diff = sr - hr
     if benchmark:
         shave = scale
         if diff.shape[-3] > 1:
-            diff = (diff * diff.new_tensor(OFFICIAL_Y_WEIGHTS).view(1, 3, 1, 1)).sum(dim=1)
+            diff = (diff * diff.new_tensor(OFFICIAL_Y_WEIGHTS).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
     else:
         shave = scale + 6
     if min(diff.shape[-2:]) <= 2 * shave + 1:
         shave = 0
     h, w = diff.shape[-2:]
-    mse = diff[..., shave : h - shave, shave : w - shave].pow(2).mean().item()
-    return float("inf") if mse == 0 else -10 * math.log10(mse)
+    mse = diff[..., shave : h - shave, shave : w - shave].pow(2).flatten(1).mean(1).tolist()
+    return [float("inf") if m == 0 else -10 * math.log10(m) for m in mse]
+
+
+# Each measure scores every patch of an Nx3xhxw batch (patches of one shape, scored in one call: routing
+# scores all of an image's patches at once); the functions of one patch below are these on a batch of one.
+
+
+def redegradation_psnrs(lr: torch.Tensor, scale: int, benchmark: bool = True) -> list[float]:
+    """Dynamic-CSD's score of each patch: PSNR between it and its bicubic down-up re-degradation (see
+    :func:`redegradation_psnr`)."""
+    h, w = lr.shape[-2:]
+    if min(h, w) < scale:
+        lr = F.pad(lr, (0, max(scale - w, 0), 0, max(scale - h, 0)), mode="replicate")
+        h, w = lr.shape[-2:]
+    down = F.interpolate(lr, scale_factor=1 / scale, mode="bicubic", align_corners=False).clamp(0, 1)
+    up = quantize(F.interpolate(down, scale_factor=scale, mode="bicubic", align_corners=False))
+    uh, uw = up.shape[-2:]
+    top, left = (h - uh) // 2, (w - uw) // 2
+    ref = lr[..., top : top + uh, left : left + uw]
+    return [min(p, 100.0) for p in official_psnrs(up, ref, scale, benchmark)]
+
+
+def gradient_energies(lr: torch.Tensor, scale: int = 1) -> list[float]:
+    """:func:`gradient_energy` of each patch."""
+    zero = lr.new_zeros(lr.shape[0])
+    gy = (lr[..., 1:, :] - lr[..., :-1, :]).abs().flatten(1).mean(1) if lr.shape[-2] > 1 else zero
+    gx = (lr[..., :, 1:] - lr[..., :, :-1]).abs().flatten(1).mean(1) if lr.shape[-1] > 1 else zero
+    return [-g * 255.0 for g in (gx + gy).tolist()]
+
+
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+
+
+def edge_scores(lr: torch.Tensor, scale: int = 1) -> list[float]:
+    """:func:`edge_score` of each patch."""
+    gray = lr.mean(1, keepdim=True)
+    if min(gray.shape[-2:]) < 3:
+        return [0.0] * lr.shape[0]
+    return [-e * 255.0 for e in F.conv2d(gray, _LAPLACIAN.to(gray)).abs().flatten(1).mean(1).tolist()]
+
+
+def local_variances(lr: torch.Tensor, scale: int = 1, window: int = 7) -> list[float]:
+    """:func:`local_variance` of each patch."""
+    gray = lr.mean(1, keepdim=True) * 255.0
+    k = min(window, *gray.shape[-2:])
+    mean = F.avg_pool2d(gray, k, 1)
+    sq = F.avg_pool2d(gray * gray, k, 1)
+    return [-v for v in (sq - mean * mean).clamp_min(0).flatten(1).mean(1).tolist()]
 
 
 def redegradation_psnr(lr: torch.Tensor, scale: int, benchmark: bool = True) -> float:
@@ -60,26 +112,12 @@ def redegradation_psnr(lr: torch.Tensor, scale: int, benchmark: bool = True) -> 
     re-degradation (high PSNR, easy); texture does not. A sliver thinner than ``scale`` (an image's last
     patch) is edge-padded to ``scale`` pixels first, so it can be re-degraded at all.
     """
-    h, w = lr.shape[-2:]
-    if min(h, w) < scale:
-        lr = F.pad(lr, (0, max(scale - w, 0), 0, max(scale - h, 0)), mode="replicate")
-        h, w = lr.shape[-2:]
-    down = F.interpolate(lr, scale_factor=1 / scale, mode="bicubic", align_corners=False).clamp(0, 1)
-    up = quantize(F.interpolate(down, scale_factor=scale, mode="bicubic", align_corners=False))
-    uh, uw = up.shape[-2:]
-    top, left = (h - uh) // 2, (w - uw) // 2
-    ref = lr[..., top : top + uh, left : left + uw]
-    return min(official_calc_psnr(up, ref, scale, benchmark), 100.0)
+    return redegradation_psnrs(lr, scale, benchmark)[0]
 
 
 def gradient_energy(lr: torch.Tensor, scale: int = 1) -> float:
     """Negated mean absolute gradient (x255): flat content scores high (easy); an axis one pixel long adds 0."""
-    gy = (lr[..., 1:, :] - lr[..., :-1, :]).abs().mean() if lr.shape[-2] > 1 else 0.0
-    gx = (lr[..., :, 1:] - lr[..., :, :-1]).abs().mean() if lr.shape[-1] > 1 else 0.0
-    return -float(gx + gy) * 255.0
-
-
-_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    return gradient_energies(lr, scale)[0]
 
 
 def edge_score(lr: torch.Tensor, scale: int = 1) -> float:
@@ -87,22 +125,17 @@ def edge_score(lr: torch.Tensor, scale: int = 1) -> float:
 
     ARM (Chen et al., ECCV 2022, Sec. 3.3) ranks patches by the Laplacian edge detector's response and
     routes edge-rich ones to wider subnets; flat patches score high (easy) here."""
-    gray = lr.mean(1, keepdim=True)
-    if min(gray.shape[-2:]) < 3:
-        return 0.0
-    return -float(F.conv2d(gray, _LAPLACIAN.to(gray)).abs().mean()) * 255.0
+    return edge_scores(lr, scale)[0]
 
 
 def local_variance(lr: torch.Tensor, scale: int = 1, window: int = 7) -> float:
     """Negated mean local variance (in 8-bit units²) over ``window``-sized neighbourhoods."""
-    gray = lr.mean(1, keepdim=True) * 255.0
-    k = min(window, *gray.shape[-2:])
-    mean = F.avg_pool2d(gray, k, 1)
-    sq = F.avg_pool2d(gray * gray, k, 1)
-    return -float((sq - mean * mean).clamp_min(0).mean())
+    return local_variances(lr, scale, window)[0]
 
 
 MEASURES = {"redegradation": redegradation_psnr, "gradient": gradient_energy, "edge": edge_score, "variance": local_variance}
+# the same measures over a batch of patches of one shape: a list of scores, one per patch
+BATCHED = {"redegradation": redegradation_psnrs, "gradient": gradient_energies, "edge": edge_scores, "variance": local_variances}
 LEARNED = "learned"  # the measure a calibration fits (:class:`LearnedScorer`); not a fixed function
 
 
@@ -112,9 +145,15 @@ LEARNED = "learned"  # the measure a calibration fits (:class:`LearnedScorer`); 
 def patch_features(lr: torch.Tensor, scale: int) -> np.ndarray:
     """The cheap per-patch features the learned scorer regresses on: every fixed measure, plus the
     squares of the variance-like ones (PSNR loss grows faster than linearly with texture)."""
-    values = [float(fn(lr, scale)) for fn in MEASURES.values()]
-    grad, edge, var = values[1], values[2], values[3]
-    return np.array([*values, grad * grad, edge * edge, math.sqrt(-var) if var < 0 else 0.0], dtype=np.float64)
+    return patches_features(lr, scale)[0]
+
+
+def patches_features(lr: torch.Tensor, scale: int) -> np.ndarray:
+    """:func:`patch_features` of each patch of an Nx3xhxw batch (N x F)."""
+    values = np.array([fn(lr, scale) for fn in BATCHED.values()], dtype=np.float64).T  # N x measures
+    grad, edge, var = values[:, 1], values[:, 2], values[:, 3]
+    root = np.sqrt(np.where(var < 0, -var, 0.0))
+    return np.concatenate([values, np.stack([grad * grad, edge * edge, root], axis=1)], axis=1)
 
 
 class LearnedScorer:
@@ -157,3 +196,7 @@ class LearnedScorer:
 
     def ease(self, features: np.ndarray) -> float:
         return -float(np.mean(self.predict(features)))
+
+    def eases(self, features: np.ndarray) -> list[float]:
+        """:meth:`ease` of each row of an N x F batch."""
+        return (-self.predict(np.atleast_2d(features)).mean(axis=1)).tolist()

@@ -17,6 +17,7 @@ uint8 image), so the memory of a huge output is its 8-bit image plus a strip.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -180,10 +181,12 @@ def forward_passes(tiles: list[Window], batch: int, pixels: int | None, by_row: 
     return sum(sum(1 for _ in _batches(group, batch, pixels)) for group in rows.values())
 
 
+@functools.lru_cache(maxsize=4096)  # a tiling has few distinct cores per axis; the weights are only read
 def _ramp(c0: int, c1: int, size: int, band: int, scale: int) -> tuple[int, torch.Tensor]:
     """Blend weights along one axis for the core [c0, c1) (LR) of an axis of ``size``: a linear ramp
     over ``2 * band`` LR pixels centred on each interior core edge, so neighbours' weights sum to 1.
-    Returns the first HR index covered and the HR weights."""
+    Returns the first HR index covered and the HR weights (below 1 only on the ``2 * band * scale``
+    ramped HR pixels at each interior edge)."""
     lo = max(c0 - band, 0) if c0 > 0 else 0
     hi = min(c1 + band, size) if c1 < size else size
     p = torch.arange(lo * scale, hi * scale, dtype=torch.float32) + 0.5
@@ -214,8 +217,9 @@ def run_windows(
     ``batch`` at a time, fewer where a pass would hold more than ``pixels`` LR pixels.
 
     ``blend == 0`` pastes each core. ``blend > 0`` (at most the overlap) instead accumulates each tile
-    over its core widened by ``blend`` LR pixels, weighted by linear ramps, into ``out`` and the
-    weight sum into ``weights`` (1x1xHxW): divide once every tile is in. Seams between tiles served
+    over its core widened by ``blend`` LR pixels, weighted by linear ramps, into ``out`` (zeros where
+    ramps fall) and the weight sum into ``weights`` (1x1xHxW): divide once every tile is in; with
+    ``weights=None`` the ramps must sum to 1 (:func:`unit_ramps`) and ``out`` is the result. Seams between tiles served
     by different branches are then cross-faded instead of cut. ``out`` starts at HR row ``row0``
     (a strip of the output, see :func:`stitch`). A uint8 ``out`` (no blending) gets each core
     quantised as it is pasted, so no float copy of the whole output is ever made.
@@ -235,11 +239,41 @@ def run_windows(
                 continue
             ty, wy = _ramp(y0, y1, h, blend, scale)
             tx, wx = _ramp(x0, x1, w, blend, scale)
-            weight = wy[:, None] * wx[None, :]
             oy, ox = ty - wy0 * scale, tx - wx0 * scale
             patch = sr[:, oy : oy + len(wy), ox : ox + len(wx)]
-            out[0, :, ty - row0 : ty - row0 + len(wy), tx : tx + len(wx)] += patch * weight
+            target = out[0, :, ty - row0 : ty - row0 + len(wy), tx : tx + len(wx)]
+            if weights is None:
+                ramp = 2 * blend * scale  # HR pixels of each interior edge's ramp
+                _add_faded(target, patch, wy, wx, ramp * (y0 > 0), ramp * (y1 < h), ramp * (x0 > 0), ramp * (x1 < w))
+                continue
+            weight = wy[:, None] * wx[None, :]
+            target += patch * weight
             weights[0, 0, ty - row0 : ty - row0 + len(wy), tx : tx + len(wx)] += weight
+
+
+def unit_ramps(tiles: Sequence[Window], blend: int) -> bool:
+    """Whether cross-fading ``tiles`` (cores tiling an image, e.g. merged cells of one tiling) with ``blend``
+    needs no weight sum: every core is at least ``2 * blend`` LR pixels on each side, so the ramps of its
+    two edges do not overlap and neighbours' ramps sum to 1 everywhere (at corners and T-junctions too:
+    the weights are products of per-axis ramps)."""
+    return all(min(t.core[1] - t.core[0], t.core[3] - t.core[2]) >= 2 * blend for t in tiles)
+
+
+def _add_faded(dst: torch.Tensor, src: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor, top: int, bottom: int, left: int, right: int) -> None:
+    """``dst += src * wy[:, None] * wx[None, :]`` for ramps of ones but for ``top``/``bottom`` rows and
+    ``left``/``right`` columns: where both weights are 1 no other tile reaches (``dst`` is still 0), so
+    the pixels are copied, and only the ramps are multiplied (a cross-faded image costs about a pasted one)."""
+    rows, cols = dst.shape[-2:]
+    if top:
+        dst[:, :top].addcmul_(src[:, :top], wy[:top, None] * wx)
+    if bottom:
+        dst[:, rows - bottom :].addcmul_(src[:, rows - bottom :], wy[rows - bottom :, None] * wx)
+    mid_d, mid_s = dst[:, top : rows - bottom], src[:, top : rows - bottom]
+    if left:
+        mid_d[:, :, :left].addcmul_(mid_s[:, :, :left], wx[:left])
+    if right:
+        mid_d[:, :, cols - right :].addcmul_(mid_s[:, :, cols - right :], wx[cols - right :])
+    mid_d[:, :, left : cols - right].copy_(mid_s[:, :, left : cols - right])
 
 
 Emit = Callable[[int, torch.Tensor], None]
@@ -270,7 +304,8 @@ def stitch(
     top = 0  # HR row of the strip's first row: everything above it was emitted
     # channels_last, as the engine's runners return SR: accumulating and quantising into the HxWx3 image run contiguous
     out = torch.empty(1, c, 0, w * scale, memory_format=torch.channels_last)
-    weights = torch.zeros(1, 1, 0, w * scale) if blend else None
+    # a weight sum to divide by only where ramps may overlap (cores thinner than the cross-fade)
+    weights = torch.zeros(1, 1, 0, w * scale) if blend and not unit_ramps([t for _, ts in runs for t in ts], blend) else None
     for k, band in enumerate(bands):
         row = [(fn, [t for t in tiles if t.core[0] in band]) for fn, tiles in runs]
         # the lowest HR row these tiles' widened cores reach (see _ramp)

@@ -54,3 +54,20 @@ def test_learned_budget_predicts_bigger_losses_on_textured_patches(tmp_path):
     grating = (0.5 + 0.25 * torch.sin(x * 1.3)).expand(1, 3, 8, 8).contiguous()
     assert policy.score(flat) > policy.score(grating)  # nearest loses more on texture than on flat content
     assert policy.select(flat, choices) == "cheap" and policy.select(grating, choices) == "full"
+
+
+@pytest.mark.parametrize("measure", list(MEASURES))
+def test_an_images_patches_are_scored_in_batches_as_one_by_one(measure):
+    """Routing scores the cores of one shape as one batch (37x29 at tile 10: four shapes); each score is
+    the measure of that core alone."""
+    from kdsr.builtin.policies import Difficulty
+    from kdsr.tiling import windows
+
+    lr = torch.rand(1, 3, 37, 29, generator=torch.Generator().manual_seed(4))
+    tiles = windows(37, 29, 10, 2)
+    policy = Difficulty([0.0], measure, "patch")
+    policy.scale = 4
+    batched = policy.scores(lr, tiles)
+    alone = [MEASURES[measure](lr[..., t.core[0] : t.core[1], t.core[2] : t.core[3]], 4) for t in tiles]
+    assert batched == pytest.approx(alone, rel=1e-5, abs=1e-6)
+    assert len({(t.core[1] - t.core[0], t.core[3] - t.core[2]) for t in tiles}) > 1

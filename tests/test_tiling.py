@@ -99,6 +99,28 @@ def test_merge_joins_neighbours_of_one_branch_and_the_stitch_equals_the_whole_im
         assert (out - model(lr)).abs().max().item() <= 5e-5  # float rounding of other window shapes
 
 
+@pytest.mark.parametrize("tile", [12, 5])
+def test_stitch_without_a_weight_sum_equals_the_weighted_one(tile):
+    """Cores at least twice the cross-fade: the ramps sum to 1, so stitch copies each core's own pixels and
+    multiplies only the ramps (no weight sum to divide by); thinner cores (tile 5 < 2 x 4) keep the weight
+    sum. Either way, one network everywhere gives the whole-image output."""
+    from kdsr.tiling import unit_ramps
+
+    torch.manual_seed(0)
+    model = registry("backbone").create("edsr_baseline", {"n_feats": 8, "n_resblocks": 2}, scale=2).eval()
+    lr = torch.rand(1, 3, 37, 29, generator=torch.Generator().manual_seed(5))
+    tiles = windows(37, 29, tile, 12)
+    assert unit_ramps(tiles, 4) == (tile == 12)
+    out = torch.full((1, 3, 74, 58), float("nan"))
+
+    def emit(row, rows):
+        out[:, :, row : row + rows.shape[2]] = rows
+
+    stitch([(model, tiles[0::2]), (model, tiles[1::2])], lr, 2, emit, batch=3, blend=4)
+    with torch.no_grad():
+        assert (out - model(lr)).abs().max().item() <= 1e-5
+
+
 def test_merge_respects_its_bounds():
     cells = windows(100, 100, 10, 4)
     one = merge({"a": cells}, 100, 100, 4)["a"]

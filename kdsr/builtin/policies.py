@@ -17,7 +17,7 @@ from kdsr.errors import KdsrError, did_you_mean
 from kdsr.hookspecs import hookimpl
 from kdsr.inference import Choice, Policy, Router
 from kdsr.metrics import psnr, quantize
-from kdsr.scoring import LEARNED, MEASURES, LearnedScorer, patch_features
+from kdsr.scoring import BATCHED, LEARNED, MEASURES, LearnedScorer, patch_features, patches_features
 from kdsr.tiling import Window
 
 
@@ -71,9 +71,10 @@ class Difficulty(Policy):
         if any(a < b for a, b in zip(thresholds, thresholds[1:])):
             raise ValueError(f"thresholds must be descending (easiest first), got {thresholds}")
         self.thresholds, self.per, self.per_patch = list(thresholds), per, per != "image"
-        self.measure = None if measure == LEARNED else MEASURES[measure]
+        # scores a batch of patches of one shape (kdsr.scoring.BATCHED); None: the learned scorer, fitted in prepare
+        self.measure = None if measure == LEARNED else BATCHED[measure]
         if not benchmark:
-            self.measure = functools.partial(MEASURES[measure], benchmark=False)
+            self.measure = functools.partial(BATCHED[measure], benchmark=False)
         self.scorer: LearnedScorer | None = None
         self.scale = 2
 
@@ -90,9 +91,14 @@ class Difficulty(Policy):
             )
 
     def score(self, lr: torch.Tensor) -> float:
+        """The ease score of one patch (1x3xhxw)."""
+        return self.batch_scores(lr)[0]
+
+    def batch_scores(self, patches: torch.Tensor) -> list[float]:
+        """The ease score of each patch of an Nx3xhxw batch (patches of one shape)."""
         if self.scorer is not None:
-            return self.scorer.ease(patch_features(lr, self.scale))
-        return self.measure(lr, self.scale)
+            return self.scorer.eases(patches_features(patches, self.scale))
+        return self.measure(patches, self.scale)
 
     def level(self, score: float, offset: float = 0.0) -> int:
         """The branch (0: cheapest) of a patch of ``score``: the first threshold it exceeds (after ``offset``)."""
@@ -106,8 +112,17 @@ class Difficulty(Policy):
         return self.assign(tiles, self.scores(lr, tiles), router.choices)
 
     def scores(self, lr: torch.Tensor, tiles: list[Window]) -> list[float]:
-        """The ease score of each tile's core."""
-        return [self.score(lr[..., t.core[0] : t.core[1], t.core[2] : t.core[3]]) for t in tiles]
+        """The ease score of each tile's core: cores of one shape (an even tiling has at most four) scored
+        as one batch, so an image's scores cost a few calls, not a few per patch."""
+        shapes: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(tiles):
+            shapes.setdefault((t.core[1] - t.core[0], t.core[3] - t.core[2]), []).append(i)
+        out = [0.0] * len(tiles)
+        for group in shapes.values():
+            cores = torch.cat([lr[..., tiles[i].core[0] : tiles[i].core[1], tiles[i].core[2] : tiles[i].core[3]] for i in group])
+            for i, score in zip(group, self.batch_scores(cores)):
+                out[i] = score
+        return out
 
     def assign(self, tiles: list[Window], scores: list[float], choices: Sequence[Choice], offset: float = 0.0) -> dict[str, list[Window]]:
         """Branch -> tiles, each tile by :meth:`level` of its score."""
