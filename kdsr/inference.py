@@ -389,7 +389,7 @@ class Router:
     LATENCY_PIXELS = 2**14  # LR pixels of the larger probes: about a small image (B100's x4 LR is 9,600)
 
     def _patch_side(self) -> int:
-        """LR side of one routing patch (the windows time is priced on add ``overlap`` each side)."""
+        """LR side of one routing patch; the windows whose time is priced add ``overlap`` on each side."""
         return PATCH_TILE if self.tile in (None, "auto") else self.tile
 
     def time_prices(self, names: Sequence[str] | None = None) -> dict[str, TimePrice]:

@@ -100,7 +100,7 @@ def test_merge_joins_neighbours_of_one_branch_and_the_stitch_equals_the_whole_im
 
 
 @pytest.mark.parametrize("tile", [12, 5])
-def test_stitch_without_a_weight_sum_equals_the_weighted_one(tile):
+def test_stitch_with_or_without_a_weight_sum_equals_the_whole_image(tile):
     """Cores at least twice the cross-fade: the ramps sum to 1, so stitch copies each core's own pixels and
     multiplies only the ramps (no weight sum to divide by); thinner cores (tile 5 < 2 x 4) keep the weight
     sum. Either way, one network everywhere gives the whole-image output."""
