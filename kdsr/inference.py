@@ -174,6 +174,9 @@ class TimePrice:
     def __call__(self, pixels: float, passes: int = 0) -> float:
         return self.per_pixel * pixels + self.per_pass * passes
 
+    def scaled(self, factor: float) -> TimePrice:
+        return TimePrice(self.per_pixel * factor, self.per_pass * factor)
+
 
 class TimeShare:
     """The time fraction of routed images: their priced seconds plus the policy's measured seconds over
@@ -254,6 +257,9 @@ class Router:
                         f"use --tile 0 for whole-image inference"
                     )
         self._prices: dict[str, TimePrice] = {}  # measured on demand, see time_prices()
+        # each branch's passes timed while routing (CPU): seconds, LR pixels, passes; and the shapes seen
+        self._ran: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in branches}
+        self._shapes: dict[str, set[tuple[int, ...]]] = {name: set() for name in branches}
         self._blend_price: float | None = None  # seconds per HR pixel of cross-faded output, see plan_seconds()
         policy.prepare(self)
 
@@ -338,7 +344,7 @@ class Router:
         cells, patched = self.select_tiles(lr)
         policy_seconds = time.perf_counter() - t0
         groups = self.plan(cells, h, w) if patched else cells  # a whole-image choice keeps its (memory) tiles
-        runs = [(self.runners[name], tiles) for name, tiles in groups.items()]
+        runs = [(self._timed(name), tiles) for name, tiles in groups.items()]
         result = Routed(self._render(lr, runs, self._blend(h, w, len(groups)), self._pass_batch(groups)))
         for name, tiles in groups.items():
             pixels = sum(window_pixels(t) for t in tiles)
@@ -356,6 +362,29 @@ class Router:
             result.pricing = lambda: (self.plan_seconds(groups, h, w), self.plan_seconds(full_plan, h, w))
             result.policy_seconds = policy_seconds if self.policy.looks else 0.0
         return result
+
+    def _timed(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Branch ``name``'s runner, its passes timed (on CPU, where a pass's time is its return) into the
+        evidence :meth:`time_prices` corrects the probed price with. A shape's first pass is not counted:
+        it pays what a new shape costs once (oneDNN primitives, first-touched buffers), not the rate."""
+        fn = self.runners[name]
+        if torch.device(self.device).type != "cpu":
+            return fn
+        ran, shapes = self._ran[name], self._shapes[name]
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            t0 = time.perf_counter()
+            y = fn(x)
+            seconds = time.perf_counter() - t0
+            if x.shape in shapes:
+                ran[0] += seconds
+                ran[1] += x.shape[0] * x.shape[2] * x.shape[3]
+                ran[2] += 1
+            elif len(shapes) < 4096:
+                shapes.add(tuple(x.shape))
+            return y
+
+        return run
 
     def _blend(self, h: int, w: int, branches: int) -> int:
         """LR pixels each side of a seam cross-faded: half the overlap where tiles of several branches meet."""
@@ -385,6 +414,7 @@ class Router:
         return fit if self.batch is None else max(1, min(self.batch, fit))
 
     LATENCY_REPEATS = 5
+    correct_prices = True  # False: the probed prices as they are (tests of pricing; comparing machines' probes)
     LATENCY_WARMUP = 2  # rounds not counted: new shapes' oneDNN primitives and first-touched buffers
     LATENCY_PIXELS = 2**14  # LR pixels of the larger probes: about a small image (B100's x4 LR is 9,600)
 
@@ -401,7 +431,11 @@ class Router:
         6.5-9.4 us, one shape 1.7x another at 0.75 width), so the median of several shapes prices an image
         of unknown shape, not one extrapolated probe. Medians of ``LATENCY_REPEATS`` rounds after
         ``LATENCY_WARMUP``, every branch asked for in every round, so a drift of the machine hits all of
-        them; measured when first asked for (a branch no plan uses is never probed), then cached."""
+        them; measured when first asked for (a branch no plan uses is never probed), then cached.
+
+        The probe is then corrected by the branch's own passes as routing ran them (:meth:`correction`):
+        one probe's prices moved the spend of a time budget 0.6 by 10 points of Multi-Adds between runs,
+        and priced the routed windows of 50 B100 images 6% under their measured time."""
         names = list(self.runners if names is None else names)
         missing = [n for n in dict.fromkeys(names) if n not in self._prices]
         if missing:
@@ -429,7 +463,19 @@ class Router:
             for name in missing:
                 rate = statistics.median(med[name, s] / (s[0] * s[1] * s[2]) for s in probes if s != one)
                 self._prices[name] = TimePrice(rate, max(med[name, one] - rate * side * side, 0.0))
-        return {name: self._prices[name] for name in names}
+        return {name: self._prices[name].scaled(self.correction(name)) for name in names}
+
+    def correction(self, name: str) -> float:
+        """Measured over probed seconds of branch ``name``'s passes while routing (counted as
+        :meth:`_timed` says), the probe itself counted as ``LATENCY_REPEATS`` passes of ``LATENCY_PIXELS``
+        at its own price: 1 until routing has timed about as much as the probe did, then what the
+        branch's windows really cost on this machine's images."""
+        price = self._prices.get(name)
+        seconds, pixels, passes = self._ran[name]
+        if price is None or not passes or not self.correct_prices:
+            return 1.0
+        prior = self.LATENCY_REPEATS * price(self.LATENCY_PIXELS, 1)
+        return (seconds + prior) / (price(pixels, int(passes)) + prior)
 
     def _measure_blend(self, patch: int) -> float:
         """Seconds per HR pixel that cross-fading seams costs over pasting cores: the same ``patch``
@@ -470,4 +516,10 @@ class Router:
             "runtime": self.runtime.label,
             "branches": [c.__dict__ for c in self.choices],
             "tiling_changes_output": self.tiling_changes,
+            # the branches priced so far (a time budget, a time fraction): seconds per LR pixel and per pass,
+            # corrected by their timed passes (Router.correction)
+            "time_prices": {
+                name: {**price.scaled(self.correction(name)).__dict__, "correction": self.correction(name)}
+                for name, price in self._prices.items()
+            },
         }

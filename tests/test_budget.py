@@ -50,8 +50,8 @@ def test_infer_reports_the_fraction_and_warns_once_when_the_budget_misses(tmp_pa
     assert check["achieved"] == pytest.approx(summary["macs_fraction"]) and check["achieved"] < 0.5
     # every flat patch went to the cheap branch: its share of the full branch's time, its pixels and passes
     # priced, plus the policy's own measured seconds
-    price = router.time_prices()["cheap"]
     routed = [router(to_float(read_image(path)).unsqueeze(0)) for path in sorted(flat.glob("*.png"))]  # as infer reads them
+    price = router.time_prices()["cheap"]  # as corrected by the passes so far: what routed images are priced at when asked
     assert all(set(r.pixels) == {"cheap"} for r in routed)
     assert all(r.seconds == pytest.approx(price(r.pixels["cheap"], r.passes["cheap"])) for r in routed)
     full = sum(r.full_seconds for r in routed)

@@ -4,6 +4,7 @@ patch picks it, batched per branch, over any branches of one scale (several stag
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -82,6 +83,7 @@ def test_time_fraction_prices_patches_by_measured_latency():
     prices = router.time_prices()
     assert set(prices) == {"full", "cheap"} and all(p.per_pixel > 0 and p.per_pass >= 0 for p in prices.values())
     assert router.latencies() == {name: p.per_pixel for name, p in prices.items()}
+    router.correct_prices = False  # the prices below as they are (test_timed_passes_correct_the_probed_prices)
     router._prices, router._blend_price = {"full": TimePrice(4.0), "cheap": TimePrice(1.0)}, 0.0  # a quarter of the time per pixel
     routed = router(half_textured(8, 64))
     px = routed.pixels
@@ -98,6 +100,7 @@ def test_time_prices_count_forward_passes():
     routed = router(half_textured(8, 64))  # 4 flat + 4 textured patches, 2 windows per pass
     assert dict(routed.passes) == calls == {"cheap": 2, "full": 2}
     assert routed.full_passes == 4  # the full branch over all 8 patches, 2 per pass
+    router.correct_prices = False
     router._prices, router._blend_price = {"full": TimePrice(4.0, 100.0), "cheap": TimePrice(1.0, 50.0)}, 0.0
     px = routed.pixels
     spent, full = px["cheap"] * 1.0 + 2 * 50.0 + px["full"] * 4.0 + 2 * 100.0, routed.full_pixels * 4.0 + 4 * 100.0
@@ -107,6 +110,29 @@ def test_time_prices_count_forward_passes():
     groups, _ = router.select_tiles(half_textured(8, 64))
     assert router.spend(groups, 8, 64, time=True) == pytest.approx(spent / full)
     assert router.spend(groups, 8, 64, time=True, extra_seconds=30.0) == pytest.approx((spent + 30.0) / full)
+
+
+def test_timed_passes_correct_the_probed_prices():
+    branches, choices = toy_branches()
+    router = Router(branches, choices, Difficulty([-5.0], "gradient", "patch"), 2, tile=8, overlap=2)
+    probed = router.time_prices()
+    slow = router.runners["cheap"]
+
+    def slower(x):  # the machine got slower for this branch after the probe: 2 ms more per pass
+        time.sleep(0.002)
+        return slow(x)
+
+    router.runners["cheap"] = slower
+    lr = half_textured(8, 64)
+    router(lr)  # first passes of each window shape: what a new shape costs once, not counted
+    assert router.correction("cheap") == 1.0 and router.time_prices()["cheap"] == probed["cheap"]
+    for _ in range(40):
+        router(lr)
+    # evidence of the slowdown outweighs the probe (counted as LATENCY_REPEATS passes at its own price)
+    assert router.correction("cheap") > 1.5 and router.time_prices()["cheap"].per_pixel > 1.5 * probed["cheap"].per_pixel
+    assert router.describe()["time_prices"]["cheap"]["correction"] == router.correction("cheap")
+    router.correct_prices = False
+    assert router.time_prices() == probed
 
 
 def export_student(path, n_feats: int, scale: int = 2):
