@@ -7,8 +7,9 @@ so the cheapest branch serves the highest scores.
 * ``gradient``: mean absolute gradient; ``edge``: mean absolute Laplacian, ARM's edge score;
 * ``variance``: mean local variance;
 * ``learned``: :class:`LearnedScorer`, a least-squares regressor fitted post hoc on a calibration folder
-  that predicts from these cheap features how much PSNR each cheaper branch loses on a patch (ClassSR's
-  idea of a per-patch difficulty predictor, without retraining the SR network).
+  that predicts from these cheap features how much squared error each cheaper branch adds on a patch, the
+  patch's share of the image's PSNR loss (ClassSR's idea of a per-patch difficulty predictor, without
+  retraining the SR network).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ LEARNED = "learned"  # the measure a calibration fits (:class:`LearnedScorer`); 
 
 def patch_features(lr: torch.Tensor, scale: int) -> np.ndarray:
     """The cheap per-patch features the learned scorer regresses on: every fixed measure, plus the
-    squares of the variance-like ones (PSNR loss grows faster than linearly with texture)."""
+    squares of the variance-like ones (the error a narrow branch adds grows faster than linearly with texture)."""
     return patches_features(lr, scale)[0]
 
 
@@ -157,7 +158,8 @@ def patches_features(lr: torch.Tensor, scale: int) -> np.ndarray:
 
 
 class LearnedScorer:
-    """A ridge least-squares regressor: patch features -> each branch's PSNR loss against the full branch.
+    """A ridge least-squares regressor: patch features -> each branch's loss against the full branch (the
+    policies fit the squared error it adds, :func:`kdsr.builtin.policies.fit_scorer`).
 
     Fitted after training (no change to the SR network), on the per-patch PSNRs a budget calibration
     computes anyway. Its ease score is the negated mean predicted loss over the cheaper branches: patches
@@ -171,7 +173,7 @@ class LearnedScorer:
         self.branches: list[str] = []
 
     def fit(self, features: np.ndarray, losses: np.ndarray, branches: Sequence[str]) -> LearnedScorer:
-        """``features``: N x F, ``losses``: N x B (dB lost by each of ``branches`` against the full one)."""
+        """``features``: N x F, ``losses``: N x B (what each of ``branches`` loses against the full one)."""
         n = features.shape[0]
         if n < features.shape[1] + 1:
             raise KdsrError(
@@ -186,7 +188,7 @@ class LearnedScorer:
         return self
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Predicted PSNR loss (dB) per branch, for one feature vector (B) or a batch (N x B)."""
+        """Predicted loss per branch, for one feature vector (B) or a batch (N x B)."""
         if self.weights is None:
             raise RuntimeError("LearnedScorer.predict before fit")
         f = np.atleast_2d(features)

@@ -39,6 +39,20 @@ def test_learned_scorer_recovers_a_linear_loss():
     assert scorer.ease(features[0]) == pytest.approx(-losses[0].mean())
 
 
+def test_learned_scorer_ranks_patches_by_the_error_they_add_not_their_own_db():
+    """A flat patch whose cheap output loses 3 dB at 45 dB adds less squared error than a textured one
+    losing 1 dB at 25 dB; image PSNR is made of squared error, so the textured patch is the harder one."""
+    from kdsr.builtin.policies import fit_scorer, mse_of
+    from kdsr.inference import Choice
+
+    assert mse_of(20 * np.log10(255.0)) == pytest.approx(1.0)  # 1 gray level RMS
+    flat, textured = np.array([0.0, 1.0]), np.array([1.0, 0.0])  # one feature each kind of patch has
+    rows = [{"features": f, "psnr": {"full": full, "cheap": full - lost}} for f, full, lost in [(flat, 45.0, 3.0), (textured, 25.0, 1.0)] * 3]
+    rows[0] = {**rows[0], "features": np.array([0.1, 0.9])}  # not collinear with the intercept
+    scorer = fit_scorer(rows, [Choice("cheap", 1.0), Choice("full", 4.0)])
+    assert scorer.ease(flat) > scorer.ease(textured)
+
+
 def test_learned_scorer_refuses_fewer_patches_than_features():
     with pytest.raises(KdsrError, match="calibration patch"):
         LearnedScorer().fit(np.zeros((3, 7)), np.zeros((3, 1)), ["a"])
