@@ -13,7 +13,7 @@ Imports flow one way: this module uses ``kdsr.engine.build`` and reads run direc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ from kdsr.engine.build import Stage, build_stage, candidate_branches
 from kdsr.errors import KdsrError, did_you_mean
 from kdsr.plain import Description, Exportable, PlainNetwork, describe
 from kdsr.plugins import registry
-from kdsr.report import BranchModule, report_rows
-from kdsr.rundir import PROGRESS, RESOLVED, load_final, read_progress
+from kdsr.profiling import HR_720P, lr_size_for
+from kdsr.report import BranchModule, report_rows, row_label
+from kdsr.rundir import PROGRESS, RESOLVED, load_final, read_progress, read_report
 from kdsr.weights import load_weights
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
@@ -167,6 +168,9 @@ class Models:
     candidates: dict[str, Branch]  # what a policy chooses from: the last finished stage's trained branches
     config: RunConfig | None  # the run's config; None for a weights file
     device: str = "auto"
+    # candidates' Multi-Adds per LR pixel at a 1280x720 output where the run's report counted them
+    # (kdsr.engine.infer.choices_for counts the others)
+    macs_per_pixel: dict[str, float] = field(default_factory=dict)
 
 
 def open_models(source: Path, backbone: str | None = None, scale: int | None = None, options: dict[str, Any] | None = None) -> Models:
@@ -177,12 +181,35 @@ def open_models(source: Path, backbone: str | None = None, scale: int | None = N
         if backbone is not None or scale is not None or options:
             raise KdsrError(f"--backbone/--scale/--option describe a weights file; '{source}' is a run directory, drop them")
         config, stages = load_run(source)
-        return Models(source, config.scale, report_rows(stages), candidate_branches(stages), config, config.device)
+        candidates = candidate_branches(stages)
+        last = list(stages)[-1]
+        counted = reported_macs(source, config, stages)
+        macs = {name: counted[last, name] for name in candidates if (last, name) in counted}
+        return Models(source, config.scale, report_rows(stages), candidates, config, config.device, macs)
     if not source.is_file():
         raise KdsrError(f"'{source}' does not exist; give a run directory or a weights file ({', '.join(WEIGHT_SUFFIXES)})")
     model, net = load_file(source, backbone, scale, options)
     branch = Branch(model)
     return Models(source, net.scale, {source.stem: branch}, {source.stem: branch}, None)
+
+
+def reported_macs(run_dir: Path, config: RunConfig, stages: dict[str, Stage]) -> dict[tuple[str, str], float]:
+    """Multi-Adds per LR pixel of each trained ``(stage, branch)``, as the run's ``report.json`` counted
+    them, where it counted them at a 1280x720 output (the convention routing prices branches at): reading
+    them saves counting again on the meta device, about 0.5 s a branch and a 1 s import of torch._dynamo
+    (its elementwise ops' meta kernels) at the start of every ``kdsr infer``. None for an older report."""
+    report = read_report(run_dir)
+    if report is None or tuple(config.profile.hr_size) != HR_720P:
+        return {}
+    h, w = lr_size_for(HR_720P, config.scale)
+    rows = report.get("models", {})
+    out = {}
+    for name, stage in stages.items():
+        for branch in stage.trainable:
+            macs = rows.get(row_label(name, branch, len(stage.trainable)), {}).get("macs")
+            if isinstance(macs, (int, float)) and macs > 0:
+                out[name, branch] = macs / (h * w)
+    return out
 
 
 # ---------------------------------------------------------------- the public API

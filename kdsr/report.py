@@ -22,7 +22,7 @@ from kdsr.engine.evaluate import BICUBIC
 from kdsr.files import write_atomic
 from kdsr.inference import BUDGET_TOLERANCE, budget_held
 from kdsr.profiling import count_params, lr_size_for, measure_latency, profile_macs
-from kdsr.rundir import read_records
+from kdsr.rundir import REPORT, read_records
 
 
 class BranchModule(nn.Module):
@@ -80,9 +80,14 @@ def report_rows(stages: dict[str, Stage]) -> dict[str, Branch]:
                     continue
                 label = f"{name}.teacher"
             else:
-                label = name if len(trainable) == 1 else f"{name}.{branch_name}"
+                label = row_label(name, branch_name, len(trainable))
             rows[label] = branch
     return rows
+
+
+def row_label(stage: str, branch: str, trained: int) -> str:
+    """The report row of a stage's trained ``branch``: the stage's name when it trains one branch."""
+    return stage if trained == 1 else f"{stage}.{branch}"
 
 
 def write_report(
@@ -122,7 +127,7 @@ def write_report(
     figures["training_curves.png"] = plot_curves(records, run_dir / "training_curves.png")
     figures["eval_curves.png"] = plot_eval_curves(records, run_dir / "eval_curves.png")
     report["figures"] = [name for name, written in figures.items() if written]
-    write_atomic(run_dir / "report.json", json.dumps(report, indent=1).encode())
+    write_atomic(run_dir / REPORT, json.dumps(report, indent=1).encode())
     write_atomic(run_dir / "report.md", render_markdown(report).encode())
     return report
 

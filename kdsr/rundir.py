@@ -25,6 +25,7 @@ from kdsr.weights import read_state_dict
 RESOLVED = "config.resolved.yaml"
 PROGRESS = "progress.json"
 METRICS = "metrics.jsonl"
+REPORT = "report.json"
 
 
 def final_weights_path(run_dir: Path, stage: str) -> Path:
@@ -39,6 +40,15 @@ def read_progress(run_dir: Path) -> dict[str, Any]:
     if path.exists():
         return json.loads(path.read_text())
     return {"done": [], "results": {}}
+
+
+def read_report(run_dir: Path) -> dict[str, Any] | None:
+    """``report.json`` as the finished run wrote it; None when there is none or it cannot be read (it is
+    only ever a shortcut: everything in it can be measured again)."""
+    try:
+        return json.loads((Path(run_dir) / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:

@@ -161,3 +161,34 @@ def test_tradeoff_curve(run_dir, capsys):
     report = (run_dir / "report.md").read_text()  # a second trade-off replaces the first, the rest stays
     assert report.count("## Dynamic inference") == 1 and "| budget 0.5 |" in report and "| budget 0.4 |" not in report
     assert "PSNR" in report.split("## Dynamic inference")[0]
+
+
+def test_routing_reads_the_branches_multi_adds_from_the_runs_report(run_dir, tmp_path, monkeypatch):
+    """A report that counted the trained branches at a 1280x720 output gives routing their Multi-Adds
+    (report rows ``stage.branch``); one counted at another size (this run's, 32x32), or none, is counted again."""
+    import shutil
+
+    from kdsr.engine.infer import choices_for, make_router
+    from kdsr.models import open_models
+    from kdsr.profiling import HR_720P, lr_size_for
+
+    models = open_models(run_dir)
+    assert models.config.profile.hr_size == (32, 32) and models.macs_per_pixel == {}
+    counted = {c.name: c.macs_per_pixel for c in choices_for(models.candidates, models.scale)}
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    resolved = (copy / "config.resolved.yaml").read_text()
+    (copy / "config.resolved.yaml").write_text(resolved.replace("hr_size:\n  - 32\n  - 32\n", "hr_size:\n  - 720\n  - 1280\n", 1))
+    report = json.loads((copy / "report.json").read_text())
+    h, w = lr_size_for(HR_720P, models.scale)
+    for name in counted:  # as a report at 720p counts them: twice the real ones, to see which are used
+        report["models"][f"multi.{name}"]["macs"] = 2 * counted[name] * h * w
+    (copy / "report.json").write_text(json.dumps(report))
+    reported = open_models(copy)
+    assert reported.macs_per_pixel == pytest.approx({name: 2 * m for name, m in counted.items()})
+    with monkeypatch.context() as patch:  # nothing is counted again
+        patch.setattr("kdsr.engine.infer.profile_macs", lambda *a, **k: pytest.fail("counted again"))
+        choices = make_router(reported, "full").choices
+    assert {c.name: c.macs_per_pixel for c in choices} == pytest.approx(reported.macs_per_pixel)
+    (copy / "report.json").unlink()
+    assert open_models(copy).macs_per_pixel == {}

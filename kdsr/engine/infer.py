@@ -16,24 +16,27 @@ from kdsr.engine.build import pick_device
 from kdsr.engine.restore import evaluate_models
 from kdsr.errors import KdsrError
 from kdsr.inference import Choice, Router, TimeShare, budget_check
-from kdsr.models import Models, load_run, open_models
+from kdsr.models import Models, load_run, open_models, reported_macs
 from kdsr.plugins import registry
 from kdsr.progress import Progress
-from kdsr.profiling import lr_size_for, profile_macs
+from kdsr.profiling import HR_720P, lr_size_for, profile_macs
 from kdsr.runtime import FP32, Runtime
 
-REFERENCE_HR = (720, 1280)
+REFERENCE_HR = HR_720P
 
 
-def choices_for(branches: dict[str, Branch], scale: int) -> list[Choice]:
-    """Each branch's Multi-Adds per LR pixel (fvcore, at the 1280x720 reference output), cheapest first."""
+def choices_for(branches: dict[str, Branch], scale: int, counted: dict[str, float] | None = None) -> list[Choice]:
+    """Each branch's Multi-Adds per LR pixel (fvcore, at the 1280x720 reference output), cheapest first;
+    ``counted``: those already known (a run's report, :attr:`kdsr.models.Models.macs_per_pixel`)."""
     from kdsr.report import BranchModule
 
     h, w = lr_size_for(REFERENCE_HR, scale)
-    choices = [
-        Choice(name, profile_macs(BranchModule(b), (h, w)).total / (h * w), b.kwargs.get("width"))
-        for name, b in branches.items()
-    ]
+    known = counted or {}
+
+    def per_pixel(name: str, b: Branch) -> float:
+        return known[name] if name in known else profile_macs(BranchModule(b), (h, w)).total / (h * w)
+
+    choices = [Choice(name, per_pixel(name, b), b.kwargs.get("width")) for name, b in branches.items()]
     return sorted(choices, key=lambda c: c.macs_per_pixel)
 
 
@@ -43,10 +46,11 @@ def with_candidates(models: Models, also: Sequence[Path] = (), all_stages: bool 
     after the file, a run's branches ``run:branch``). All must have one scale: a policy mixes their patches."""
     if not also and not all_stages:
         return models
-    candidates = dict(models.candidates)
+    candidates, macs = dict(models.candidates), dict(models.macs_per_pixel)
     if all_stages and models.config is not None:
-        _, stages = load_run(models.source)
+        config, stages = load_run(models.source)
         candidates = {f"{s}/{n}": Branch(b.model.eval(), b.kwargs) for s, st in stages.items() for n, b in st.trainable.items()}
+        macs = {f"{s}/{n}": m for (s, n), m in reported_macs(models.source, config, stages).items()}
     for path in also:
         other = with_candidates(open_models(path), all_stages=all_stages)
         if other.scale != models.scale:
@@ -58,7 +62,9 @@ def with_candidates(models: Models, also: Sequence[Path] = (), all_stages: bool 
             if key in candidates:
                 raise KdsrError(f"two candidate branches are named '{key}' ('{path}' adds it again); rename one of the files")
             candidates[key] = branch
-    return replace(models, candidates=candidates)
+            if name in other.macs_per_pixel:
+                macs[key] = other.macs_per_pixel[name]
+    return replace(models, candidates=candidates, macs_per_pixel=macs)
 
 
 def make_router(
@@ -79,7 +85,8 @@ def make_router(
     for b in branches.values():
         b.model.to(device)
     chosen = registry("policy").create(policy, options, where="--policy-option")
-    return Router(branches, choices_for(branches, models.scale), chosen, models.scale, tile, overlap, batch, device, runtime)
+    choices = choices_for(branches, models.scale, models.macs_per_pixel)
+    return Router(branches, choices, chosen, models.scale, tile, overlap, batch, device, runtime)
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:

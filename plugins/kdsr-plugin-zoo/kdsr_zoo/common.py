@@ -53,8 +53,10 @@ class MeanShift(nn.Module):
     def __init__(self, rgb_range: float, rgb_mean: Sequence[float], sign: int, trainable: bool = False) -> None:
         super().__init__()
         n = len(rgb_mean)
-        weight = torch.eye(n).view(n, n, 1, 1)
-        bias = sign * rgb_range * torch.tensor(list(rgb_mean), dtype=torch.float32)
+        # zeros + fill_diagonal_ / mul_ rather than eye / a product: ops with C++ meta kernels, so building on the
+        # meta device (export's shape checks) does not import torch._dynamo (~1 s of every kdsr infer's start)
+        weight = torch.zeros(n, n).fill_diagonal_(1.0).view(n, n, 1, 1)
+        bias = torch.tensor(list(rgb_mean), dtype=torch.float32).mul_(sign * rgb_range)
         if trainable:
             self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
         else:
