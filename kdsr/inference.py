@@ -414,9 +414,9 @@ class Router:
         return fit if self.batch is None else max(1, min(self.batch, fit))
 
     LATENCY_REPEATS = 5
-    correct_prices = True  # False: the probed prices as they are (tests of pricing; comparing machines' probes)
     LATENCY_WARMUP = 2  # rounds not counted: new shapes' oneDNN primitives and first-touched buffers
     LATENCY_PIXELS = 2**14  # LR pixels of the larger probes: about a small image (B100's x4 LR is 9,600)
+    correct_prices = True  # False: the probed prices as they are (tests of pricing; comparing machines' probes)
 
     def _patch_side(self) -> int:
         """LR side of one routing patch; the windows whose time is priced add ``overlap`` on each side."""

@@ -197,7 +197,7 @@ def reported_macs(run_dir: Path, config: RunConfig, stages: dict[str, Stage]) ->
     """Multi-Adds per LR pixel of each trained ``(stage, branch)``, as the run's ``report.json`` counted
     them, where it counted them at a 1280x720 output (the convention routing prices branches at): reading
     them saves counting again on the meta device, about 0.5 s a branch and a 1 s import of torch._dynamo
-    (its elementwise ops' meta kernels) at the start of every ``kdsr infer``. None for an older report."""
+    (its elementwise ops' meta kernels) at the start of every ``kdsr infer``. Empty without such a report."""
     report = read_report(run_dir)
     if report is None or tuple(config.profile.hr_size) != HR_720P:
         return {}
