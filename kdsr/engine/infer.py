@@ -22,15 +22,13 @@ from kdsr.progress import Progress
 from kdsr.profiling import HR_720P, lr_size_for, profile_macs
 from kdsr.runtime import FP32, Runtime
 
-REFERENCE_HR = HR_720P
-
 
 def choices_for(branches: dict[str, Branch], scale: int, counted: dict[str, float] | None = None) -> list[Choice]:
     """Each branch's Multi-Adds per LR pixel (fvcore, at the 1280x720 reference output), cheapest first;
     ``counted``: those already known (a run's report, :attr:`kdsr.models.Models.macs_per_pixel`)."""
     from kdsr.report import BranchModule
 
-    h, w = lr_size_for(REFERENCE_HR, scale)
+    h, w = lr_size_for(HR_720P, scale)
     known = counted or {}
 
     def per_pixel(name: str, b: Branch) -> float:
