@@ -3,8 +3,9 @@
 The branch becomes its plain network (:func:`kdsr.models.plain_branch`), which is checked against the
 branch itself before anything is written; then one of
 
-* ``safetensors``: the weights, described in the file's metadata (:meth:`PlainNetwork.metadata`), so
-  ``kdsr eval`` / ``kdsr infer`` / ``kdsr.load`` / a config's ``weights:`` need nothing else;
+* ``safetensors``: the weights, described in the file's metadata (:meth:`PlainNetwork.metadata`, with
+  the Multi-Adds the run's report counted, or counted here), so ``kdsr eval`` / ``kdsr infer`` /
+  ``kdsr.load`` / a config's ``weights:`` need nothing else;
 * ``onnx``: the network with dynamic batch, height and width (``torch.onnx.export``, the torch.export
   based exporter), checked under onnxruntime at another input size; needs ``pip install kdsr[onnx]``;
 * ``torchscript``: ``torch.jit.trace``, checked at another input size.
@@ -27,6 +28,7 @@ from torch import nn
 from kdsr.errors import KdsrError
 from kdsr.files import write_atomic
 from kdsr.plain import sidecar
+from kdsr.profiling import HR_720P, lr_size_for, profile_macs
 from kdsr.weights import save_weights
 
 FORMATS = ("safetensors", "onnx", "torchscript")
@@ -59,7 +61,7 @@ def require_onnx() -> None:
 
 def export(run_dir: Path, out: Path, branch: str | None = None, stage: str | None = None, fmt: str | None = None) -> dict[str, Any]:
     """Write ``branch`` of ``stage`` of the run as ``out``; returns what was written and the checks' max |diff|."""
-    from kdsr.models import load_run, pick_branch, plain_branch
+    from kdsr.models import load_run, pick_branch, plain_branch, reported_macs
 
     run_dir, out = Path(run_dir), Path(out)
     fmt = format_of(out, fmt)
@@ -75,7 +77,8 @@ def export(run_dir: Path, out: Path, branch: str | None = None, stage: str | Non
             f"the plain {plain.backbone} of branch '{branch}' differs from the branch by {diff:.2e} (> {TOLERANCE:g}); "
             f"its plugin's to_plain is wrong, report it (nothing was written)"
         )
-    meta = plain.metadata(format=fmt, run=str(run_dir), stage=stage, branch=branch)
+    macs = reported_macs(run_dir, config, stages).get((stage, branch)) or macs_per_lr_pixel(net, plain.scale)
+    meta = plain.metadata(format=fmt, macs_per_lr_pixel=macs, run=str(run_dir), stage=stage, branch=branch)
     checks = {"plain_vs_branch": diff}
     if fmt == "safetensors":
         save_weights(plain.state_dict, out, meta)
@@ -93,6 +96,13 @@ def export(run_dir: Path, out: Path, branch: str | None = None, stage: str | Non
         "branch": branch,
         "max_diff": checks,
     }
+
+
+def macs_per_lr_pixel(net: nn.Module, scale: int) -> float:
+    """Multi-Adds per LR pixel of ``net`` at a 1280x720 output: counted once here, so that routing over the
+    exported file reads them instead of counting them at every start."""
+    h, w = lr_size_for(HR_720P, scale)
+    return profile_macs(net, (h, w)).total / (h * w)
 
 
 @torch.no_grad()

@@ -168,8 +168,8 @@ class Models:
     candidates: dict[str, Branch]  # what a policy chooses from: the last finished stage's trained branches
     config: RunConfig | None  # the run's config; None for a weights file
     device: str = "auto"
-    # candidates' Multi-Adds per LR pixel at a 1280x720 output where the run's report counted them
-    # (kdsr.engine.infer.choices_for counts the others)
+    # candidates' Multi-Adds per LR pixel at a 1280x720 output where the run's report or the export's
+    # metadata counted them (kdsr.engine.infer.choices_for counts the others)
     macs_per_pixel: dict[str, float] = field(default_factory=dict)
 
 
@@ -190,7 +190,8 @@ def open_models(source: Path, backbone: str | None = None, scale: int | None = N
         raise KdsrError(f"'{source}' does not exist; give a run directory or a weights file ({', '.join(WEIGHT_SUFFIXES)})")
     model, net = load_file(source, backbone, scale, options)
     branch = Branch(model)
-    return Models(source, net.scale, {source.stem: branch}, {source.stem: branch}, None)
+    counted = {} if net.macs_per_lr_pixel is None else {source.stem: net.macs_per_lr_pixel}  # an export's own count
+    return Models(source, net.scale, {source.stem: branch}, {source.stem: branch}, None, macs_per_pixel=counted)
 
 
 def reported_macs(run_dir: Path, config: RunConfig, stages: dict[str, Stage]) -> dict[tuple[str, str], float]:

@@ -5,8 +5,9 @@ intermediate SR heads). A branch module that is not simply a registered backbone
 ``to_plain(**branch_kwargs) -> PlainNetwork``: the registered backbone it is equivalent to, the
 options that build it, and the weights, so the exported file needs nothing from its run.
 
-The file describes itself: ``backbone``, ``options`` (JSON), ``scale``, ``kdsr_version`` and the
-``source_*`` it came from, in the safetensors metadata (or a ``<file>.json`` sidecar next to an ONNX or
+The file describes itself: ``backbone``, ``options`` (JSON), ``scale``, ``kdsr_version``, the
+``source_*`` it came from and its Multi-Adds per LR pixel at a 1280x720 output (``macs_per_lr_pixel``,
+what routing prices it at, so loading it counts nothing), in the safetensors metadata (or a ``<file>.json`` sidecar next to an ONNX or
 TorchScript file). ``describe`` reads that description back without reading the tensors.
 """
 
@@ -22,6 +23,8 @@ from torch import nn
 
 from kdsr.errors import KdsrError
 
+MACS_KEY = "macs_per_lr_pixel"  # metadata key: Multi-Adds per LR pixel at a 1280x720 output
+
 
 @dataclass
 class PlainNetwork:
@@ -32,9 +35,10 @@ class PlainNetwork:
     scale: int
     state_dict: dict[str, torch.Tensor] = field(repr=False)
 
-    def metadata(self, format: str = "safetensors", **source: str | None) -> dict[str, str]:
-        """The self-description written with the file (``format``: how the network is stored);
-        ``source`` adds ``source_<key>`` entries (run, stage, branch, file)."""
+    def metadata(self, format: str = "safetensors", macs_per_lr_pixel: float | None = None, **source: str | None) -> dict[str, str]:
+        """The self-description written with the file (``format``: how the network is stored;
+        ``macs_per_lr_pixel``: its Multi-Adds per LR pixel at a 1280x720 output); ``source`` adds
+        ``source_<key>`` entries (run, stage, branch, file)."""
         import kdsr
 
         meta = {
@@ -44,6 +48,8 @@ class PlainNetwork:
             "scale": str(self.scale),
             "kdsr_version": kdsr.__version__,
         }
+        if macs_per_lr_pixel is not None:
+            meta[MACS_KEY] = repr(float(macs_per_lr_pixel))
         meta.update({f"source_{k}": str(v) for k, v in source.items() if v is not None})
         return meta
 
@@ -73,6 +79,16 @@ class Description:
     options: dict[str, Any]
     scale: int
     meta: dict[str, str]
+
+    @property
+    def macs_per_lr_pixel(self) -> float | None:
+        """The Multi-Adds per LR pixel (1280x720 output) the export counted, or None: an older export or a
+        foreign file, which routing counts itself, as it does a value that is not a positive number."""
+        try:
+            value = float(self.meta[MACS_KEY])
+        except (KeyError, ValueError):
+            return None
+        return value if value > 0 and value != float("inf") else None
 
 
 def sidecar(path: str | Path) -> Path:

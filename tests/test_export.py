@@ -55,6 +55,33 @@ def branch_output(run: Path, stage: str, branch: str, x: torch.Tensor) -> torch.
         return stages[stage].branches[branch](x)
 
 
+def test_an_export_carries_its_multi_adds_so_routing_over_it_counts_nothing(cssr_run, tmp_path, monkeypatch):
+    """The export writes the branch's Multi-Adds per LR pixel at a 1280x720 output (counted there: this
+    run's report counted a 16x16 output); `kdsr infer` over the file reads them instead of counting."""
+    from kdsr.engine.infer import choices_for, make_router
+    from kdsr.models import load_run, open_models
+    from kdsr.plain import describe
+    from kdsr.profiling import HR_720P, lr_size_for, profile_macs
+    from kdsr.report import BranchModule
+
+    out = tmp_path / "w05.safetensors"
+    assert main(["export", str(cssr_run), "--stage", "edsr-baseline", "--branch", "w0.5", "--out", str(out)]) == 0
+    _, stages = load_run(cssr_run)
+    h, w = lr_size_for(HR_720P, 2)
+    expected = profile_macs(BranchModule(stages["edsr-baseline"].branches["w0.5"]), (h, w)).total / (h * w)
+    assert describe(out).macs_per_lr_pixel == pytest.approx(expected)
+    models = open_models(out)
+    assert models.macs_per_pixel == {"w05": pytest.approx(expected)}
+    with monkeypatch.context() as patch:
+        patch.setattr("kdsr.engine.infer.profile_macs", lambda *a, **k: pytest.fail("counted again"))
+        assert make_router(models, "full").choices[0].macs_per_pixel == pytest.approx(expected)
+    from safetensors.torch import load_file, save_file  # an older export, without the count: counted on load
+
+    save_file(load_file(str(out)), str(tmp_path / "old.safetensors"), {k: v for k, v in describe(out).meta.items() if k != "macs_per_lr_pixel"})
+    old = open_models(tmp_path / "old.safetensors")
+    assert old.macs_per_pixel == {} and choices_for(old.candidates, 2)[0].macs_per_pixel == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("backbone", list(ZOO))
 def test_exported_w05_equals_the_branch(cssr_run, tmp_path, backbone):
     if backbone not in registry("backbone"):
