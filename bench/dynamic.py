@@ -5,13 +5,15 @@ trained here unless ``--run`` names a finished run of it. Budget policies are ca
 first 40 T91 images (training images, never an eval set) and evaluated on Set5, Set14 and B100: PSNR (the
 run's metric, Y), the Multi-Adds fraction and the wall-clock time fraction, both against ONE whole-image pass
 of the full branch (``macs_fraction``, ``time_fraction``), so the context the patches recompute where branches
-meet (``overhead``) is paid for in the figures.
+meet (``overhead``) is paid for in the figures. Beside them, ``headroom``: the PSNR an allocation of patches
+to branches that knows the HR would reach at each budget with context and seams free, i.e. how much the
+branches' per-patch differences leave to any scorer on this network.
 
     python bench/dynamic.py                 # train (if needed) and measure the full grid
     python bench/dynamic.py --run DIR       # measure a finished run of the config
     python bench/dynamic.py --quick         # the same pipeline: a 6-step run, Set5 (2 images), one budget per measure
 
-Writes results/dynamic[_quick].json as {"sets": {SET: {"full_psnr", "fixed": [...], "policies": [...]}},
+Writes results/dynamic[_quick].json as {"sets": {SET: {"full_psnr", "fixed": [...], "policies": [...], "headroom": [...]}},
 "machine", "commit"}, results/dynamic[_quick].md (setup, targets) and results/dynamic[_quick].png.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -88,6 +91,62 @@ def measure(router, pairs, metric, scale: int, ref=None) -> dict[str, Any]:
     return {"psnr": statistics.fmean(scores), "macs": macs, "seconds": seconds, "ref_seconds": ref_seconds, "overhead": computed / area - 1}
 
 
+def headroom(fixed_routers: dict[str, Any], pairs, metric, scale: int, tile: int, overlap: int, budgets: tuple[float, ...]) -> list[dict[str, Any]]:
+    """What per-patch routing could gain on these images with the HR known and context and seams free: per
+    image, the patches (the policies' tiling's cores) start on the cheapest branch and are moved up, one move
+    at a time, to whichever wider branch removes the most squared error (Y, the metric's shave) per Multi-Add,
+    while the image's cores stay within the budget. Each branch's pixels come from its whole-image pass.
+    Greedy, so not a proven bound; it says how much the branches' per-patch differences leave to any scorer
+    (the policies pay ~10% context on top)."""
+    import torch
+
+    from kdsr.data import to_float
+    from kdsr.metrics import rgb_to_y
+    from kdsr.tiling import windows
+
+    names = sorted(fixed_routers, key=lambda n: fixed_routers[n].cost[n])
+    cost = [fixed_routers[n].cost[n] / fixed_routers[names[-1]].cost[names[-1]] for n in names]
+    images = []  # per image: squared error of each branch on each core, shaved pixels, core pixels
+    for _, lr_u8, hr_u8 in pairs:
+        lr, hr = to_float(lr_u8), to_float(hr_u8)
+        tiles = windows(*lr.shape[-2:], tile, overlap)
+        errors = []
+        for n in names:
+            sr = fixed_routers[n](lr).sr[0]
+            d = (rgb_to_y(sr.double()) - rgb_to_y(hr.double()))[0]
+            inner = torch.zeros_like(d)
+            inner[scale:-scale, scale:-scale] = 1
+            se = d * d * inner
+            shaved = float(inner.sum())
+            psnr = 10 * math.log10(255**2 * shaved / float(se.sum()))
+            if abs(psnr - metric(sr, hr, scale)) > 1e-6:  # the run's metric must be this one (Y, shave = scale)
+                raise RuntimeError(f"headroom: PSNR {psnr} differs from the run's metric {metric(sr, hr, scale)}")
+            errors.append([float(se[t.core[0] * scale : t.core[1] * scale, t.core[2] * scale : t.core[3] * scale].sum()) for t in tiles])
+        images.append((errors, shaved, [(t.core[1] - t.core[0]) * (t.core[3] - t.core[2]) for t in tiles]))
+    out = []
+    for budget in budgets:
+        psnrs, spent_fractions = [], []
+        for errors, shaved, pixels in images:
+            level, cap = [0] * len(pixels), budget * sum(pixels)
+            spent = cost[0] * sum(pixels)
+            while True:
+                moves = [
+                    ((errors[level[i]][i] - errors[k][i]) / ((cost[k] - cost[level[i]]) * p), i, k)
+                    for i, p in enumerate(pixels)
+                    for k in range(level[i] + 1, len(names))
+                    if spent + (cost[k] - cost[level[i]]) * p <= cap
+                ]
+                if not moves:
+                    break
+                _, i, k = max(moves)
+                spent += (cost[k] - cost[level[i]]) * pixels[i]
+                level[i] = k
+            psnrs.append(10 * math.log10(255**2 * shaved / sum(errors[level[i]][i] for i in range(len(pixels)))))
+            spent_fractions.append(spent / sum(pixels))
+        out.append({"budget": budget, "psnr": statistics.fmean(psnrs), "macs_fraction": statistics.fmean(spent_fractions)})
+    return out
+
+
 def bench(run: Path, calibration: Path, sets: tuple[str, ...], budgets: tuple[float, ...], tile: int, overlap: int, images: int | None) -> dict[str, Any]:
     from kdsr.engine.build import build_eval_sets, build_metrics
     from kdsr.engine.infer import make_router
@@ -129,9 +188,21 @@ def bench(run: Path, calibration: Path, sets: tuple[str, ...], budgets: tuple[fl
             r = measure(router, pairs, metric, models.scale, full_router)
             # overhead: LR pixels the windows computed beyond one whole-image pass (the patches' context where branches meet)
             row["policies"].append({"name": name, "budget": b, "psnr": r["psnr"], **fractions(r), "overhead": r["overhead"]})
+        row["headroom"] = headroom(fixed_routers, pairs, metric, models.scale, tile, overlap, budgets)
         out[label] = row
         print(label, json.dumps(row, indent=1), flush=True)
     return out
+
+
+def line_at(fixed: list[dict[str, Any]], macs_fraction: float) -> float | None:
+    """The fixed widths' PSNR line (linear between neighbouring widths) at ``macs_fraction``; None outside them.
+    A policy lies above every fixed width where its PSNR is above this line at its Multi-Adds."""
+    pts = sorted((f["macs_fraction"], f["psnr"]) for f in fixed)
+    seg = next(((a, b) for a, b in zip(pts, pts[1:]) if a[0] <= macs_fraction <= b[0]), None)
+    if seg is None:
+        return None
+    (x0, y0), (x1, y1) = seg
+    return y0 + (y1 - y0) * (macs_fraction - x0) / max(x1 - x0, 1e-12)
 
 
 def targets(sets: dict[str, Any]) -> list[str]:
@@ -142,10 +213,7 @@ def targets(sets: dict[str, Any]) -> list[str]:
     for label, row in sets.items():
         fixed = row["fixed"]
         for p in row["policies"]:  # every measure's Multi-Adds budgets (and the time budget)
-            # above every fixed width: more PSNR than the linear interpolation of the fixed points at its Multi-Adds
-            pts = sorted((f["macs_fraction"], f["psnr"]) for f in fixed)
-            below = next(((a, b) for a, b in zip(pts, pts[1:]) if a[0] <= p["macs_fraction"] <= b[0]), None)
-            line = below and below[0][1] + (below[1][1] - below[0][1]) * (p["macs_fraction"] - below[0][0]) / max(below[1][0] - below[0][0], 1e-12)
+            line = line_at(fixed, p["macs_fraction"])
             ok = line is not None and p["psnr"] > line
             lines.append(
                 f"- {label} {p['name']} {p['budget']}: {p['psnr']:.3f} dB ({p['psnr'] - row['full_psnr']:+.3f}) at {p['macs_fraction']:.1%} "
@@ -160,6 +228,12 @@ def targets(sets: dict[str, Any]) -> list[str]:
         timed = [p for p in row["policies"] if p["name"].endswith("-time")]
         parts += [f"time budget {p['budget']:g} -> {p['time_fraction']:.2f} ({'held' if budget_held(p['budget'], p['time_fraction']) else 'not held'})" for p in timed]
         lines.append(f"- {label}: budgets held within 10% (budget -> spent): " + "; ".join(parts))
+        if row.get("headroom"):
+            lines.append(
+                f"- {label}: headroom, the HR-known allocation of patches to branches (no context, no seams; bench/dynamic.py headroom), "
+                "over the fixed widths' line (budget: mdB at its Multi-Adds): "
+                + ", ".join(f"{h['budget']:g}: {1000 * (h['psnr'] - (line_at(fixed, h['macs_fraction']) or h['psnr'])):+.1f} at {h['macs_fraction']:.2f}" for h in row["headroom"])
+            )
         gaps = [abs(p["time_fraction"] - p["macs_fraction"]) for p in row["policies"]]
         lines.append(f"- {label}: time within 0.1 of Multi-Adds: {sum(g <= 0.1 for g in gaps)} of {len(gaps)} policies (largest gap {max(gaps):.3f})")
     b100 = sets.get("B100")
@@ -185,6 +259,9 @@ def plot(sets: dict[str, Any], path: Path) -> None:
             ax.plot([f[key] for f in row["fixed"]], [f["psnr"] for f in row["fixed"]], "s--", color="black", label="fixed widths")
             for f in row["fixed"]:
                 ax.annotate(f["name"], (f[key], f["psnr"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            if key == "macs_fraction" and row.get("headroom"):
+                pts = row["headroom"]
+                ax.plot([h[key] for h in pts], [h["psnr"] for h in pts], ":", color="grey", label="headroom (HR known, no context)")
             for name in dict.fromkeys(p["name"] for p in row["policies"]):
                 pts = sorted((p for p in row["policies"] if p["name"] == name), key=lambda p: p[key])
                 ax.plot([p[key] for p in pts], [p["psnr"] for p in pts], "o-", label=name)
