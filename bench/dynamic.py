@@ -232,7 +232,7 @@ def targets(sets: dict[str, Any]) -> list[str]:
             lines.append(
                 f"- {label}: headroom, the HR-known allocation of patches to branches (no context, no seams; bench/dynamic.py headroom), "
                 "over the fixed widths' line (budget: mdB at its Multi-Adds): "
-                + ", ".join(f"{h['budget']:g}: {1000 * (h['psnr'] - (line_at(fixed, h['macs_fraction']) or h['psnr'])):+.1f} at {h['macs_fraction']:.2f}" for h in row["headroom"])
+                + ", ".join(f"{h['budget']:g}: {1000 * (h['psnr'] - (line_at(row['fixed'], h['macs_fraction']) or h['psnr'])):+.1f} at {h['macs_fraction']:.2f}" for h in row["headroom"])
             )
         gaps = [abs(p["time_fraction"] - p["macs_fraction"]) for p in row["policies"]]
         lines.append(f"- {label}: time within 0.1 of Multi-Adds: {sum(g <= 0.1 for g in gaps)} of {len(gaps)} policies (largest gap {max(gaps):.3f})")
