@@ -7,13 +7,15 @@ options that build it, and the weights, so the exported file needs nothing from 
 
 The file describes itself: ``backbone``, ``options`` (JSON), ``scale``, ``kdsr_version``, the
 ``source_*`` it came from and its Multi-Adds per LR pixel at a 1280x720 output (``macs_per_lr_pixel``,
-what routing prices it at, so loading it counts nothing), in the safetensors metadata (or a ``<file>.json`` sidecar next to an ONNX or
-TorchScript file). ``describe`` reads that description back without reading the tensors.
+what routing prices it at, so loading it counts nothing), in the safetensors metadata (or a
+``<file>.json`` sidecar next to an ONNX or TorchScript file). ``describe`` reads that description back
+without reading the tensors.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -88,7 +90,7 @@ class Description:
             value = float(self.meta[MACS_KEY])
         except (KeyError, ValueError):
             return None
-        return value if value > 0 and value != float("inf") else None
+        return value if math.isfinite(value) and value > 0 else None
 
 
 def sidecar(path: str | Path) -> Path:
