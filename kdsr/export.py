@@ -28,7 +28,7 @@ from torch import nn
 from kdsr.errors import KdsrError
 from kdsr.files import write_atomic
 from kdsr.plain import sidecar
-from kdsr.profiling import HR_720P, lr_size_for, profile_macs
+from kdsr.profiling import macs_per_lr_pixel
 from kdsr.weights import save_weights
 
 FORMATS = ("safetensors", "onnx", "torchscript")
@@ -77,6 +77,7 @@ def export(run_dir: Path, out: Path, branch: str | None = None, stage: str | Non
             f"the plain {plain.backbone} of branch '{branch}' differs from the branch by {diff:.2e} (> {TOLERANCE:g}); "
             f"its plugin's to_plain is wrong, report it (nothing was written)"
         )
+    # counted once here (or taken from the report), so routing over the file reads them instead of counting at every start
     macs = reported_macs(run_dir, config, stages).get((stage, branch)) or macs_per_lr_pixel(net, plain.scale)
     meta = plain.metadata(format=fmt, macs_per_lr_pixel=macs, run=str(run_dir), stage=stage, branch=branch)
     checks = {"plain_vs_branch": diff}
@@ -96,13 +97,6 @@ def export(run_dir: Path, out: Path, branch: str | None = None, stage: str | Non
         "branch": branch,
         "max_diff": checks,
     }
-
-
-def macs_per_lr_pixel(net: nn.Module, scale: int) -> float:
-    """Multi-Adds per LR pixel of ``net`` at a 1280x720 output: counted once here, so that routing over the
-    exported file reads them instead of counting them at every start."""
-    h, w = lr_size_for(HR_720P, scale)
-    return profile_macs(net, (h, w)).total / (h * w)
 
 
 @torch.no_grad()

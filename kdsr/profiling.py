@@ -70,6 +70,13 @@ def count_macs(model: nn.Module, lr_size: Sequence[int], forward_kwargs: dict[st
     return profile_macs(model, lr_size, forward_kwargs).total
 
 
+def macs_per_lr_pixel(model: nn.Module, scale: int) -> float:
+    """Multi-Adds per LR pixel of ``model`` at a 1280x720 output (``HR_720P``): the one convention routing
+    prices branches by and an export records."""
+    h, w = lr_size_for(HR_720P, scale)
+    return profile_macs(model, (h, w)).total / (h * w)
+
+
 def profile_macs(
     model: nn.Module,
     lr_size: Sequence[int],

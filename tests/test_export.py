@@ -73,7 +73,7 @@ def test_an_export_carries_its_multi_adds_so_routing_over_it_counts_nothing(cssr
     models = open_models(out)
     assert models.macs_per_pixel == {"w05": pytest.approx(expected)}
     with monkeypatch.context() as patch:
-        patch.setattr("kdsr.engine.infer.profile_macs", lambda *a, **k: pytest.fail("counted again"))
+        patch.setattr("kdsr.engine.infer.macs_per_lr_pixel", lambda *a, **k: pytest.fail("counted again"))
         assert make_router(models, "full").choices[0].macs_per_pixel == pytest.approx(expected)
     from safetensors.torch import load_file, save_file  # an older export, without the count: counted on load
 

@@ -187,7 +187,7 @@ def test_routing_reads_the_branches_multi_adds_from_the_runs_report(run_dir, tmp
     reported = open_models(copy)
     assert reported.macs_per_pixel == pytest.approx({name: 2 * m for name, m in counted.items()})
     with monkeypatch.context() as patch:  # nothing is counted again
-        patch.setattr("kdsr.engine.infer.profile_macs", lambda *a, **k: pytest.fail("counted again"))
+        patch.setattr("kdsr.engine.infer.macs_per_lr_pixel", lambda *a, **k: pytest.fail("counted again"))
         choices = make_router(reported, "full").choices
     assert {c.name: c.macs_per_pixel for c in choices} == pytest.approx(reported.macs_per_pixel)
     (copy / "report.json").unlink()

@@ -19,7 +19,7 @@ from kdsr.inference import Choice, Router, TimeShare, budget_check
 from kdsr.models import Models, load_run, open_models, reported_macs
 from kdsr.plugins import registry
 from kdsr.progress import Progress
-from kdsr.profiling import HR_720P, lr_size_for, profile_macs
+from kdsr.profiling import macs_per_lr_pixel
 from kdsr.runtime import FP32, Runtime
 
 
@@ -28,11 +28,10 @@ def choices_for(branches: dict[str, Branch], scale: int, counted: dict[str, floa
     ``counted``: those already known (a run's report, :attr:`kdsr.models.Models.macs_per_pixel`)."""
     from kdsr.report import BranchModule
 
-    h, w = lr_size_for(HR_720P, scale)
     known = counted or {}
 
     def per_pixel(name: str, b: Branch) -> float:
-        return known[name] if name in known else profile_macs(BranchModule(b), (h, w)).total / (h * w)
+        return known[name] if name in known else macs_per_lr_pixel(BranchModule(b), scale)
 
     choices = [Choice(name, per_pixel(name, b), b.kwargs.get("width")) for name, b in branches.items()]
     return sorted(choices, key=lambda c: c.macs_per_pixel)
