@@ -2,7 +2,7 @@
 
 The network is the Pro-CSD x4 EDSR of configs/dynamic/procsd_edsr_x4.yaml (widths 1.0 / 0.75 / 0.5 / 0.25),
 trained here unless ``--run`` names a finished run of it. Budget policies are calibrated per patch on the
-first 40 T91 images (training images, never an eval set) and evaluated on Set5, Set14 and B100: PSNR (the
+91 T91 images (training images, never an eval set) and evaluated on Set5, Set14 and B100: PSNR (the
 run's metric, Y), the Multi-Adds fraction and the wall-clock time fraction, both against ONE whole-image pass
 of the full branch (``macs_fraction``, ``time_fraction``), so the context the patches recompute where branches
 meet (``overhead``) is paid for in the figures. Beside them, ``headroom``: the PSNR an allocation of patches
@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "dynamic" / "procsd_edsr_x4.yaml"
 MEASURES = ("redegradation", "edge", "learned")
 BUDGETS = (0.4, 0.5, 0.6, 0.7)
-CALIBRATION_IMAGES = 40  # T91's x4 LR images are one or two 48 px patches: 40 give the 20-quantile grid ~60 patches
+CALIBRATION_IMAGES = 91  # all of T91: 258 patches of 48 LR px at x4 for the learned scorer to regress its
+# 7 features on (the first 40 images, 78 patches, fitted it worse: bench/README.md)
 QUICK = {"steps": 6, "batch": 12, "sets": ("Set5",), "budgets": (0.5,), "images": 2, "calibration": 20}
 
 

@@ -22,9 +22,14 @@ DATA = (ROOT / "../shared/data/sr").resolve()
 
 
 def calibration_folder(work: Path, count: int = 12) -> Path:
+    """``work/calibration_t91``: links to the first ``count`` T91 images, and only those."""
     folder = work / "calibration_t91"
     folder.mkdir(parents=True, exist_ok=True)
-    for png in sorted((DATA / "T91").glob("*.png"))[:count]:
+    chosen = sorted((DATA / "T91").glob("*.png"))[:count]
+    for link in folder.iterdir():
+        if link.name not in {png.name for png in chosen}:
+            link.unlink()
+    for png in chosen:
         target = folder / png.name
         if not target.exists():
             target.symlink_to(png)

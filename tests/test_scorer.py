@@ -85,3 +85,50 @@ def test_an_images_patches_are_scored_in_batches_as_one_by_one(measure):
     alone = [MEASURES[measure](lr[..., t.core[0] : t.core[1], t.core[2] : t.core[3]], 4) for t in tiles]
     assert batched == pytest.approx(alone, rel=1e-5, abs=1e-6)
     assert len({(t.core[1] - t.core[0], t.core[3] - t.core[2]) for t in tiles}) > 1
+
+
+def test_gain_moves_pass_over_a_branch_that_buys_little_and_come_steepest_first():
+    """Patch 0's middle branch removes 0.5 of its 10 per unit of price, the full one 10 for 3: it moves
+    straight to the full branch; patch 1's middle branch removes 9 for 1, so it stops there first."""
+    from kdsr.builtin.policies import gain_moves
+
+    losses = np.array([[10.0, 9.5, 0.0], [10.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    moves, start = gain_moves(losses, [1.0, 2.0, 4.0])
+    assert start == 0
+    assert moves == [(9.0, 1, 1), (pytest.approx(10 / 3), 0, 2), (0.5, 1, 2), (0.0, 2, 2)]
+
+
+def test_gain_threshold_spends_the_budget_on_the_steepest_moves():
+    from kdsr.builtin.policies import Budget, fit_gain_threshold
+    from kdsr.inference import Choice
+
+    choices = [Choice("cheap", 1.0), Choice("mid", 2.0), Choice("full", 4.0)]
+    losses = np.array([[10.0, 9.5, 0.0], [10.0, 1.0, 0.0]])
+    rows = [{"pixels": 1, "psnr": {"cheap": 30.0, "mid": 30.5, "full": 40.0}}, {"pixels": 1, "psnr": {"cheap": 30.0, "mid": 39.0, "full": 40.0}}]
+    cost = {c.name: c.macs_per_pixel for c in choices}
+    gain, expected = fit_gain_threshold(losses, rows, choices, 0.75, cost)  # 6 of 8: the first two moves
+    assert gain == pytest.approx(10 / 3)
+    assert expected["fraction"] == pytest.approx(0.75) and expected["psnr"] == pytest.approx((40.0 + 39.0) / 2)
+    assert expected["shares"] == {"cheap": 0.0, "mid": 0.5, "full": 0.5}
+    policy = Budget(0.75, "unused", "learned", "patch", 4)
+    policy.ordered, policy.prices = choices, cost
+    assert policy._levels(*policy._moves(losses), 2, gain=gain) == [2, 1]  # patch 0 skips the middle branch
+    with pytest.raises(KdsrError, match="no routing reaches budget 0.2"):
+        fit_gain_threshold(losses, rows, choices, 0.2, cost)  # the cheapest alone costs 0.25
+
+
+def test_learned_budget_held_on_the_calibration_spends_what_it_expected(tmp_path):
+    """hold: calibration with measure learned routes by the one calibrated gain: on the calibration folder
+    itself it spends about what the calibration expected (cores there; context where branches meet here)."""
+    from kdsr.data import ImageFolder, SRPairs, to_float
+
+    branches, choices = toy_branches()
+    cal = mosaic_folder(tmp_path / "cal", 4, seed=1)
+    policy = Budget(0.6, str(cal), "learned", "patch", 20, hold="calibration")
+    router = Router(branches, choices, policy, 2, tile=8, overlap=0)
+    assert 0 < policy.gain < float("inf") and policy.expected["fraction"] <= 0.6 + 1e-9
+    macs = full = 0.0
+    for _, lr, _ in SRPairs(ImageFolder(cal), 2):
+        routed = router(to_float(lr))
+        macs, full = macs + routed.macs, full + routed.full_macs
+    assert macs / full == pytest.approx(policy.expected["fraction"], abs=1e-9)

@@ -114,15 +114,7 @@ class Difficulty(Policy):
     def scores(self, lr: torch.Tensor, tiles: list[Window]) -> list[float]:
         """The ease score of each tile's core: cores of one shape (an even tiling has at most four) scored
         as one batch, so an image's scores cost a few calls, not a few per patch."""
-        shapes: dict[tuple[int, int], list[int]] = {}
-        for i, t in enumerate(tiles):
-            shapes.setdefault((t.core[1] - t.core[0], t.core[3] - t.core[2]), []).append(i)
-        out = [0.0] * len(tiles)
-        for group in shapes.values():
-            cores = torch.cat([lr[..., tiles[i].core[0] : tiles[i].core[1], tiles[i].core[2] : tiles[i].core[3]] for i in group])
-            for i, score in zip(group, self.batch_scores(cores)):
-                out[i] = score
-        return out
+        return per_core(lr, tiles, self.batch_scores)
 
     def assign(self, tiles: list[Window], scores: list[float], choices: Sequence[Choice], offset: float = 0.0) -> dict[str, list[Window]]:
         """Branch -> tiles, each tile by :meth:`level` of its score."""
@@ -131,6 +123,19 @@ class Difficulty(Policy):
         for t, s in zip(tiles, scores):
             groups.setdefault(ordered[self.level(s, offset)].name, []).append(t)
         return groups
+
+
+def per_core(lr: torch.Tensor, tiles: list[Window], fn: Callable[[torch.Tensor], Sequence[Any]]) -> list[Any]:
+    """``fn`` (one value per patch of an Nx3xhxw batch) of each tile's core, the cores of one shape as one batch."""
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for i, t in enumerate(tiles):
+        shapes.setdefault((t.core[1] - t.core[0], t.core[3] - t.core[2]), []).append(i)
+    out: list[Any] = [None] * len(tiles)
+    for group in shapes.values():
+        cores = torch.cat([lr[..., tiles[i].core[0] : tiles[i].core[1], tiles[i].core[2] : tiles[i].core[3]] for i in group])
+        for i, value in zip(group, fn(cores)):
+            out[i] = value
+    return out
 
 
 class Budget(Difficulty):
@@ -145,7 +150,13 @@ class Budget(Difficulty):
     so the budget holds on images unlike the calibration's.
     ``calibration`` keeps the thresholds as calibrated: a patch of given content gets the same branch
     whatever image it is in, and harder images spend more (the budget holds only on similar images).
-    ``measure: learned`` first fits :class:`kdsr.scoring.LearnedScorer` on the same calibration patches.
+    ``measure: learned`` first fits :class:`kdsr.scoring.LearnedScorer` on the same calibration patches and
+    then routes by what it predicts instead of by one ease order: each patch's moves to wider branches are
+    ranked by the squared error they are predicted to remove per unit of cost (:func:`gain_moves`), and an
+    image takes the steepest moves its budget pays for (``hold: image``) or every move steeper than the one
+    gain calibrated on the folder (``hold: calibration``, :func:`fit_gain_threshold`). A patch whose middle
+    branch buys little over the narrow one but whose full branch buys much then skips to the full one,
+    which no threshold on a single score can do.
     ``grid``: score quantiles tried per branch boundary; ``None`` (the report's few training images) takes
     ``DEFAULT_GRID`` or as many as the calibration has patches."""
 
@@ -173,6 +184,8 @@ class Budget(Difficulty):
         self.budget, self.calibration, self.grid, self.cost = budget, calibration, grid, cost
         self.target = (cost, budget)
         self.expected: dict[str, Any] = {}
+        self.ordered: list[Choice] = []  # the router's branches, cheapest first (prepare)
+        self.gain = math.inf  # measure learned: the least gain a move needs under hold: calibration (prepare)
 
     def prepare(self, router: Router) -> None:
         self.scale = router.scale
@@ -185,32 +198,73 @@ class Budget(Difficulty):
                 f"policy budget: the calibration gave {len(table)} {unit}, fewer than the budget grid of {self.grid}; "
                 f"add images to the calibration folder or lower --policy-option grid"
             )
+        self.prices = {c.name: c.macs_per_pixel for c in router.choices} if self.cost == "macs" else router.latencies()
+        self.ordered = sorted(router.choices, key=lambda c: c.macs_per_pixel)  # cheapest first
         if learned:
             self.scorer = fit_scorer(table, router.choices)
-            for row in table:
-                row["score"] = self.scorer.ease(row["features"])
-        self.prices = {c.name: c.macs_per_pixel for c in router.choices} if self.cost == "macs" else router.latencies()
-        self.thresholds, self.expected = fit_thresholds(table, router.choices, self.budget, grid, self.prices)
+            losses = added_losses(self.scorer, np.stack([r["features"] for r in table]), len(self.ordered))
+            self.gain, self.expected = fit_gain_threshold(losses, table, router.choices, self.budget, self.prices)
+        else:
+            self.thresholds, self.expected = fit_thresholds(table, router.choices, self.budget, grid, self.prices)
         self._search_seconds, self._searched = 0.0, 0  # time: the offset search's seconds per tile, running mean
 
+    def select(self, lr: torch.Tensor, choices: Sequence[Choice]) -> str:
+        if self.scorer is None:
+            return super().select(lr, choices)
+        losses = added_losses(self.scorer, patch_features(lr, self.scale)[None], len(self.ordered))
+        return self.ordered[self._levels(*self._moves(losses), 1, gain=self.gain)[0]].name
+
+    def _moves(self, losses: np.ndarray) -> tuple[list[tuple[float, int, int]], int]:
+        return gain_moves(losses, [self.prices[c.name] for c in self.ordered])
+
+    @staticmethod
+    def _levels(moves: list[tuple[float, int, int]], start: int, n: int, count: int | None = None, gain: float = -math.inf) -> list[int]:
+        """Each of ``n`` patches' branch (index, cheapest first) after the first ``count`` moves (all if
+        None) that are at least as steep as ``gain``."""
+        level = [start] * n
+        for g, i, k in moves[:count]:
+            if g < gain:
+                break
+            level[i] = k
+        return level
+
+    def _by_level(self, tiles: list[Window], levels: list[int]) -> dict[str, list[Window]]:
+        groups: dict[str, list[Window]] = {}
+        for t, k in zip(tiles, levels):
+            groups.setdefault(self.ordered[k].name, []).append(t)
+        return groups
+
+    def losses(self, lr: torch.Tensor, tiles: list[Window]) -> np.ndarray:
+        """The learned scorer's predicted loss of each branch on each tile's core (:func:`added_losses`)."""
+        rows = per_core(lr, tiles, lambda cores: added_losses(self.scorer, patches_features(cores, self.scale), len(self.ordered)))
+        return np.stack(rows)
+
     def route(self, lr: torch.Tensor, tiles: list[Window], router: Router) -> dict[str, list[Window]]:
+        learned = self.scorer is not None
         if self.hold == "calibration":
+            if learned:
+                return self._by_level(tiles, self._levels(*self._moves(self.losses(lr, tiles)), len(tiles), gain=self.gain))
             return super().route(lr, tiles, router)
         t0 = time.perf_counter()
-        scores = self.scores(lr, tiles)
-        # offsets between the points where a patch changes branch, most spent first; the spend falls with
-        # the offset (up to merging): bisect for where it crosses the budget, keep the nearer side
-        points = sorted({t - s for t in self.thresholds if math.isfinite(t) for s in scores if math.isfinite(s)})
-        offsets = [points[0] - 1, *((a + b) / 2 for a, b in zip(points, points[1:])), points[-1] + 1] if points else [0.0]
+        # candidate plans, most spent first; the spend falls from one to the next (up to merging): bisect
+        # for where it crosses the budget, keep the nearer side
+        if learned:  # the steepest moves: all of them, all but the last, ...
+            moves, start = self._moves(self.losses(lr, tiles))
+            candidates = len(moves) + 1
+            plan: Callable[[int], dict[str, list[Window]]] = lambda j: self._by_level(tiles, self._levels(moves, start, len(tiles), len(moves) - j))
+        else:  # the thresholds shifted by offsets between the points where a patch changes branch
+            scores = self.scores(lr, tiles)
+            points = sorted({t - s for t in self.thresholds if math.isfinite(t) for s in scores if math.isfinite(s)})
+            offsets = [points[0] - 1, *((a + b) / 2 for a, b in zip(points, points[1:])), points[-1] + 1] if points else [0.0]
+            candidates = len(offsets)
+            plan = lambda j: self.assign(tiles, scores, router.choices, offsets[j])
         h, w = lr.shape[-2:]
         timed = self.cost == "time"
         t1 = time.perf_counter()
         # a time budget pays for this policy's own work too: the scores, and the search as it ran on earlier images
         own = (t1 - t0) + self._search_seconds * len(tiles) if timed else 0.0
-        spend = functools.lru_cache(maxsize=None)(
-            lambda i: router.spend(self.assign(tiles, scores, router.choices, offsets[i]), h, w, timed, own)
-        )
-        lo, hi = 0, len(offsets) - 1  # the first offset within budget is in [lo, hi] (the last if none is)
+        spend = functools.lru_cache(maxsize=None)(lambda j: router.spend(plan(j), h, w, timed, own))
+        lo, hi = 0, candidates - 1  # the first plan within budget is in [lo, hi] (the last if none is)
         while lo < hi:
             mid = (lo + hi) // 2
             if spend(mid) <= self.budget:
@@ -219,7 +273,7 @@ class Budget(Difficulty):
                 lo = mid + 1
         if lo > 0 and abs(spend(lo - 1) - self.budget) < abs(spend(lo) - self.budget):
             lo -= 1  # just over the budget is nearer it than just under: images' misses then cancel
-        groups = self.assign(tiles, scores, router.choices, offsets[lo])
+        groups = plan(lo)
         if timed:
             self._searched += 1
             self._search_seconds += ((time.perf_counter() - t1) / len(tiles) - self._search_seconds) / self._searched
@@ -239,6 +293,75 @@ def fit_scorer(rows: list[dict[str, Any]], choices: Sequence[Choice]) -> Learned
     features = np.stack([r["features"] for r in rows])
     losses = np.array([[mse_of(r["psnr"][b]) - mse_of(r["psnr"][full]) for b in cheaper] for r in rows])
     return LearnedScorer().fit(features, losses, cheaper)
+
+
+def added_losses(scorer: LearnedScorer, features: np.ndarray, branches: int) -> np.ndarray:
+    """The squared error per pixel each of ``branches`` (cheapest first) is predicted to add over the full
+    one's on each patch (N x branches, the full one's column 0): the scorer's prediction made
+    non-increasing with cost and non-negative, as a wider branch of one network does not add more."""
+    predicted = np.atleast_2d(scorer.predict(np.atleast_2d(features)))[:, : branches - 1]
+    losses = np.hstack([predicted, np.zeros((predicted.shape[0], 1))])
+    return np.maximum(np.minimum.accumulate(losses, axis=1), 0.0)
+
+
+def gain_moves(losses: np.ndarray, prices: Sequence[float]) -> tuple[list[tuple[float, int, int]], int]:
+    """Every patch's moves to wider branches, steepest first, and the branch every patch starts on.
+
+    ``losses``: N x B, the squared error per pixel each branch adds on each patch; ``prices``: each branch's
+    price per pixel (Multi-Adds or seconds). A patch starts on the cheapest branch and moves along the lower
+    convex hull of its (price, loss) points, passing over branches that buy less than their neighbours;
+    a move is ``(error removed per unit of price, patch, branch)``. Along a hull the gains fall, so in the
+    order returned each patch's moves come in turn and every prefix is a plan. Taking moves in this order
+    while the budget lasts is the greedy solution of the multiple-choice knapsack (exact for its LP
+    relaxation): the image's squared error, and so its PSNR, bought where it is cheapest. Of branches at
+    one price the first listed is kept; moves that would add error are left out."""
+    order = sorted(range(len(prices)), key=lambda k: (prices[k], k))
+
+    def gain(row: np.ndarray, a: int, b: int) -> float:
+        return float(row[a] - row[b]) / (prices[b] - prices[a])
+
+    moves = []
+    for i, row in enumerate(losses):
+        hull = [order[0]]
+        for k in order[1:]:
+            if prices[k] <= prices[hull[-1]]:
+                continue
+            while len(hull) >= 2 and gain(row, hull[-2], hull[-1]) <= gain(row, hull[-1], k):
+                hull.pop()
+            hull.append(k)
+        moves += [(g, i, b) for a, b in zip(hull, hull[1:]) if (g := gain(row, a, b)) >= 0]
+    moves.sort(key=lambda m: (-m[0], m[1], prices[m[2]]))
+    return moves, order[0]
+
+
+def fit_gain_threshold(
+    losses: np.ndarray, rows: list[dict[str, Any]], choices: Sequence[Choice], budget: float, cost: dict[str, float]
+) -> tuple[float, dict[str, Any]]:
+    """The least gain a move needs (squared error removed per unit of price) for the calibration's patches,
+    moved in :func:`gain_moves` order, to spend the budget: the learned policy's one calibrated number. It
+    is positive: where the budget outlasts every move predicted to gain, the calibration spends less.
+    ``losses``: the predicted :func:`added_losses` of ``rows`` (:func:`calibration_table`'s); returns it with
+    what the calibration expects (as :func:`fit_thresholds`: fraction, mean patch PSNR, shares)."""
+    ordered = sorted(choices, key=lambda c: c.macs_per_pixel)
+    prices = [cost[c.name] for c in ordered]
+    pixels = [r["pixels"] for r in rows]
+    moves, start = gain_moves(losses, prices)
+    cap, spent = budget * prices[-1] * sum(pixels), prices[start] * sum(pixels)
+    if spent > cap * (1 + 1e-9):
+        raise unreachable(budget, prices[start] / prices[-1])
+    level, threshold = [start] * len(rows), math.inf
+    for g, i, k in moves:
+        extra = (prices[k] - prices[level[i]]) * pixels[i]
+        if g <= 0 or spent + extra > cap * (1 + 1e-9):  # a gain of 0 would move every patch predicted to gain nothing
+            break
+        spent, level[i], threshold = spent + extra, k, g
+    shares = {c.name: sum(1 for k in level if k == b) / len(rows) for b, c in enumerate(ordered)}
+    psnr_ = sum(r["psnr"][ordered[k].name] for r, k in zip(rows, level)) / len(rows)
+    return threshold, {"fraction": spent / (prices[-1] * sum(pixels)), "psnr": psnr_, "tiles": len(rows), "shares": shares}
+
+
+def unreachable(budget: float, cheapest: float) -> KdsrError:
+    return KdsrError(f"policy budget: no routing reaches budget {budget}; the cheapest branch alone costs {cheapest:.2f} of the full one, raise the budget")
 
 
 def mse_of(psnr_db: float) -> float:
@@ -319,8 +442,7 @@ def fit_thresholds(
         if frac <= budget + 1e-9 and (best is None or quality > best[0]):
             best, best_frac = (quality, bounds), frac
     if best is None:
-        cheapest = cost[ordered[0].name] / full
-        raise KdsrError(f"policy budget: no routing reaches budget {budget}; the cheapest branch alone costs {cheapest:.2f} of the full one, raise the budget")
+        raise unreachable(budget, cost[ordered[0].name] / full)
     bounds = best[1]
     # threshold between groups: the score of the first tile *after* each group (score > t -> that group)
     thresholds = [rows[b]["score"] if b < n else float("-inf") for b in bounds[1:-1]]
@@ -361,7 +483,8 @@ def budget(
     hold: str = "image",
 ) -> Policy:
     """Routing calibrated on a folder to spend a fraction of the full branch's Multi-Adds (``cost: macs``)
-    or measured time (``cost: time``); ``measure`` also ``learned`` (a fitted scorer); ``per``, ``benchmark``
+    or measured time (``cost: time``); ``measure`` also ``learned`` (a fitted scorer, routing by the error it
+    predicts each wider branch removes per unit of cost); ``per``, ``benchmark``
     as in difficulty; ``grid``: score quantiles tried per branch boundary; ``hold``: ``image`` (each image
     routed by patches spends the budget) or ``calibration`` (the calibrated thresholds as they are)."""
     return Budget(budget, calibration, measure, per, grid, benchmark, cost, hold)
