@@ -89,13 +89,14 @@ def test_time_budget_prices_patches_by_latency():
     assert by_time["shares"] == {"cheap": 1.0, "full": 0.0} and by_time["fraction"] == pytest.approx(0.6)
 
 
-def test_time_budget_router_holds_its_time_fraction(tmp_path, monkeypatch):
+@pytest.mark.parametrize("measure", ["gradient", "learned"])
+def test_time_budget_router_holds_its_time_fraction(tmp_path, monkeypatch, measure):
     # prices as measured would make the test depend on this machine's timing (the toy branches' cost
     # is mostly overhead: cheap measured 0.78 of full once, and a 0.7 budget was out of reach); these are
     # a slow network's, so the policy's own measured milliseconds, which count too, are a small part
     prices = {"cheap": TimePrice(2e-4), "full": TimePrice(1e-3)}
     monkeypatch.setattr(Router, "time_prices", lambda self, names=None: {n: prices[n] for n in (names or prices)})
-    router = budget_router(mosaic_folder(tmp_path / "cal", 4, seed=1), 0.7, cost="time")
+    router = budget_router(mosaic_folder(tmp_path / "cal", 4, seed=1), 0.7, cost="time", measure=measure)
     share = TimeShare()
     for _, lr, _ in SRPairs(ImageFolder(mosaic_folder(tmp_path / "other", 4, seed=2)), 2):
         share.add(router(to_float(lr)))
