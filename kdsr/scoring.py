@@ -162,9 +162,10 @@ class LearnedScorer:
     policies fit the squared error it adds, :func:`kdsr.builtin.policies.fit_scorer`).
 
     Fitted after training (no change to the SR network), on the per-patch PSNRs a budget calibration
-    computes anyway. Its ease score is the negated mean predicted loss over the cheaper branches: patches
-    where narrow branches are predicted to lose little are served by them first. Features are
-    standardised; ``ridge`` keeps the fit stable on few patches.
+    computes anyway. The budget policy routes by the per-branch predictions themselves (which wider branch
+    removes most error per unit of cost: :func:`kdsr.builtin.policies.gain_moves`); :meth:`ease` (the
+    negated mean predicted loss over the cheaper branches) sums them up in one number, as a measure's score does.
+    Features are standardised; ``ridge`` keeps the fit stable on few patches.
     """
 
     def __init__(self, ridge: float = 1e-3) -> None:
