@@ -170,9 +170,10 @@ def bench(run: Path, calibration: Path, sets: tuple[str, ...], budgets: tuple[fl
     for b in budgets:  # the calibrated thresholds as they are (hold: calibration): what holding per image changes
         options = {"budget": b, "calibration": str(calibration), "measure": "redegradation", "per": "patch", "hold": "calibration"}
         policies.append(("budget-redegradation-calibrated", b, make_router(models, "budget", options, tile, overlap)))
-    time_budget = budgets[len(budgets) // 2]  # one time budget: priced by the measured branch latencies
-    options = {"budget": time_budget, "calibration": str(calibration), "measure": "redegradation", "per": "patch", "cost": "time"}
-    policies.append(("budget-redegradation-time", time_budget, make_router(models, "budget", options, tile, overlap)))
+    time_budget = budgets[len(budgets) // 2]  # one time budget per measure below: priced by the measured branch latencies
+    for m in ("redegradation", "learned"):
+        options = {"budget": time_budget, "calibration": str(calibration), "measure": m, "per": "patch", "cost": "time"}
+        policies.append((f"budget-{m}-time", time_budget, make_router(models, "budget", options, tile, overlap)))
     out: dict[str, Any] = {}
     for label, pairs in eval_sets.items():
         ref = measure(fixed_routers[full_name], pairs, metric, models.scale)
@@ -213,7 +214,7 @@ def targets(sets: dict[str, Any]) -> list[str]:
     lines = []
     for label, row in sets.items():
         fixed = row["fixed"]
-        for p in row["policies"]:  # every measure's Multi-Adds budgets (and the time budget)
+        for p in row["policies"]:  # every measure's Multi-Adds budgets (and the time budgets)
             line = line_at(fixed, p["macs_fraction"])
             ok = line is not None and p["psnr"] > line
             lines.append(
@@ -227,7 +228,7 @@ def targets(sets: dict[str, Any]) -> list[str]:
             held = sum(budget_held(p["budget"], p["macs_fraction"]) for p in macs)
             parts.append(f"{name} {held} of {len(macs)} (" + ", ".join(f"{p['budget']:g} -> {p['macs_fraction']:.2f}" for p in macs) + ")")
         timed = [p for p in row["policies"] if p["name"].endswith("-time")]
-        parts += [f"time budget {p['budget']:g} -> {p['time_fraction']:.2f} ({'held' if budget_held(p['budget'], p['time_fraction']) else 'not held'})" for p in timed]
+        parts += [f"{p['name']} (time) {p['budget']:g} -> {p['time_fraction']:.2f} ({'held' if budget_held(p['budget'], p['time_fraction']) else 'not held'})" for p in timed]
         lines.append(f"- {label}: budgets held within 10% (budget -> spent): " + "; ".join(parts))
         if row.get("headroom"):
             lines.append(
