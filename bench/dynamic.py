@@ -207,6 +207,12 @@ def line_at(fixed: list[dict[str, Any]], macs_fraction: float) -> float | None:
     return y0 + (y1 - y0) * (macs_fraction - x0) / max(x1 - x0, 1e-12)
 
 
+def margin(point: dict[str, Any], fixed: list[dict[str, Any]]) -> str:
+    """``point``'s PSNR over the fixed widths' line at its Multi-Adds, in mdB ("n/a" outside the line)."""
+    line = line_at(fixed, point["macs_fraction"])
+    return "n/a" if line is None else f"{1000 * (point['psnr'] - line):+.1f}"
+
+
 def targets(sets: dict[str, Any]) -> list[str]:
     """The issue's targets, each with whether this result meets it."""
     from kdsr.inference import budget_held
@@ -234,7 +240,7 @@ def targets(sets: dict[str, Any]) -> list[str]:
             lines.append(
                 f"- {label}: headroom, the HR-known allocation of patches to branches (no context, no seams; bench/dynamic.py headroom), "
                 "over the fixed widths' line (budget: mdB at its Multi-Adds): "
-                + ", ".join(f"{h['budget']:g}: {1000 * (h['psnr'] - (line_at(row['fixed'], h['macs_fraction']) or h['psnr'])):+.1f} at {h['macs_fraction']:.2f}" for h in row["headroom"])
+                + ", ".join(f"{h['budget']:g}: {margin(h, row['fixed'])} at {h['macs_fraction']:.2f}" for h in row["headroom"])
             )
         gaps = [abs(p["time_fraction"] - p["macs_fraction"]) for p in row["policies"]]
         lines.append(f"- {label}: time within 0.1 of Multi-Adds: {sum(g <= 0.1 for g in gaps)} of {len(gaps)} policies (largest gap {max(gaps):.3f})")

@@ -26,8 +26,9 @@ def calibration_folder(work: Path, count: int = 12) -> Path:
     folder = work / "calibration_t91"
     folder.mkdir(parents=True, exist_ok=True)
     chosen = sorted((DATA / "T91").glob("*.png"))[:count]
+    names = {png.name for png in chosen}
     for link in folder.iterdir():
-        if link.name not in {png.name for png in chosen}:
+        if link.name not in names:
             link.unlink()
     for png in chosen:
         target = folder / png.name
