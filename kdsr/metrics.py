@@ -28,6 +28,7 @@ from kdsr.errors import KdsrError
 Y_WEIGHTS = (65.481, 128.553, 24.966)  # R, G, B weights of BT.601 Y for RGB in [0, 1]
 Y_OFFSET = 16.0
 PEAK = 255.0
+BICUBIC = "bicubic"  # the baseline's name among a run's scored models (results, report rows)
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 Shave = int | Literal["scale", "scale+6"]
 

@@ -10,19 +10,21 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from kdsr.branches import Branch
 from kdsr.config import RunConfig
-from kdsr.engine.build import Stage
-from kdsr.engine.evaluate import BICUBIC
 from kdsr.files import write_atomic
 from kdsr.inference import BUDGET_TOLERANCE, budget_held
+from kdsr.metrics import BICUBIC
 from kdsr.profiling import count_params, lr_size_for, measure_latency, profile_macs
 from kdsr.rundir import REPORT, read_records
+
+if TYPE_CHECKING:  # annotations only: the report sits below the engine and never imports it to run
+    from kdsr.engine.build import Stage
 
 
 class BranchModule(nn.Module):
@@ -91,9 +93,15 @@ def row_label(stage: str, branch: str, trained: int) -> str:
 
 
 def write_report(
-    config: RunConfig, run_dir: Path, stages: dict[str, Stage], results: dict[str, Any], device: torch.device
+    config: RunConfig,
+    run_dir: Path,
+    stages: dict[str, Stage],
+    results: dict[str, Any],
+    device: torch.device,
+    dynamic: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Profile every report row, score the final branches' dynamic inference, write report.json/md and plots."""
+    """Profile every report row, write report.json/md and plots; ``dynamic``: the final branches' dynamic
+    inference as the engine measured it (``kdsr.engine.dynamic.dynamic_inference``), a section when given."""
     caveats = stage_caveats(stages)
     models: dict[str, Any] = {}
     for label, branch in report_rows(stages).items():
@@ -119,7 +127,6 @@ def write_report(
         "machine": machine_info(device),
         "plugins": config.plugins,
     }
-    dynamic = dynamic_inference(config, stages, device)
     if dynamic is not None:
         report["dynamic"] = dynamic
     records = read_records(run_dir)
@@ -181,23 +188,6 @@ def metric_names(report: dict[str, Any]) -> list[str]:
         for scores in row["quality"].values():
             names.update(dict.fromkeys(scores))
     return list(names)
-
-
-def dynamic_inference(config: RunConfig, stages: dict[str, Stage], device: torch.device) -> dict[str, Any] | None:
-    """The budget policy over the final stage's branches (see ``kdsr.engine.dynamic``); None for one branch."""
-    from kdsr.engine.build import build_eval_sets, build_metrics, build_pairs, candidate_branches
-    from kdsr.engine.dynamic import CALIBRATION_IMAGES, measure_dynamic
-
-    branches = candidate_branches(stages)
-    if len(branches) < 2 or not config.data.eval:
-        return None
-    for b in branches.values():
-        b.model.to(device)
-    train = build_pairs(config, config.data.train, "data.train")
-    calibration = [train[i] for i in range(min(CALIBRATION_IMAGES, len(train)))]
-    result = measure_dynamic(branches, build_eval_sets(config), calibration, build_metrics(config), config.scale, device)
-    result["stage"] = list(stages)[-1]
-    return result
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

@@ -19,6 +19,8 @@ import torch
 from kdsr.branches import Branch
 from kdsr.builtin.policies import Budget, Full
 from kdsr.data import quantize, to_float
+from kdsr.config import RunConfig
+from kdsr.engine.build import Stage, build_eval_sets, build_metrics, build_pairs, candidate_branches
 from kdsr.engine.evaluate import EvalSet, Metric
 from kdsr.inference import Router
 
@@ -94,3 +96,18 @@ def measure_dynamic(
         "expected": policy.expected,
         "sets": sets,
     }
+
+
+def dynamic_inference(config: RunConfig, stages: dict[str, Stage], device: torch.device) -> dict[str, Any] | None:
+    """The report's section: the budget policy over the final stage's branches, calibrated on the first
+    ``CALIBRATION_IMAGES`` training images (:func:`measure_dynamic`); None for one branch or no eval set."""
+    branches = candidate_branches(stages)
+    if len(branches) < 2 or not config.data.eval:
+        return None
+    for b in branches.values():
+        b.model.to(device)
+    train = build_pairs(config, config.data.train, "data.train")
+    calibration = [train[i] for i in range(min(CALIBRATION_IMAGES, len(train)))]
+    result = measure_dynamic(branches, build_eval_sets(config), calibration, build_metrics(config), config.scale, device)
+    result["stage"] = list(stages)[-1]
+    return result

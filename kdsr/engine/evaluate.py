@@ -15,6 +15,7 @@ import torch
 from kdsr.branches import Branch
 from kdsr.data import bicubic_upscale, quantize, to_float
 from kdsr.errors import KdsrError
+from kdsr.metrics import BICUBIC
 from kdsr.progress import Progress
 from kdsr.runtime import FP32, Runtime, prepare
 
@@ -30,7 +31,6 @@ class EvalSet:
 
 
 Metric = Callable[[torch.Tensor, torch.Tensor, int], float]
-BICUBIC = "bicubic"
 
 
 def self_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor) -> torch.Tensor:

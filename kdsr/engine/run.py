@@ -109,6 +109,7 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dic
     """Train every stage, evaluate, profile and write the report; returns the report.
 
     ``overwrite`` discards a previous run with trained checkpoints in the run directory."""
+    from kdsr.engine.dynamic import dynamic_inference
     from kdsr.report import write_report
 
     plugins = get_plugins()
@@ -187,7 +188,11 @@ def run(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dic
                 write_atomic(run_dir / PROGRESS, json.dumps(progress, indent=1).encode(), kept)
             distributed.barrier()
             finished[sc.name] = stage
-        report = write_report(config, run_dir, finished, progress["results"], device) if main else {}
+        if main:
+            dynamic = dynamic_inference(config, finished, device)
+            report = write_report(config, run_dir, finished, progress["results"], device, dynamic)
+        else:
+            report = {}
         plugins.hook.end_run(run=ctx, report=report)
         logger.close()  # the last TensorBoard writes: a full disk here is this run's error
         return report
