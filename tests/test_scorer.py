@@ -98,31 +98,37 @@ def test_gain_moves_pass_over_a_branch_that_buys_little_and_come_steepest_first(
     assert moves == [(9.0, 1, 1), (pytest.approx(10 / 3), 0, 2), (0.5, 1, 2), (0.0, 2, 2)]
 
 
-def test_seam_moves_without_context_are_gain_moves():
-    from kdsr.builtin.policies import gain_moves, seam_moves
+def test_gain_moves_without_context_are_one_order_per_patch_and_steepest_first():
+    """Without seams an image's tiles change nothing: the order is the rows' own, gains never rise along
+    it, and each patch's moves go to wider branches in turn."""
+    from kdsr.builtin.policies import gain_moves
 
     rng = np.random.default_rng(0)
     tiles = windows(30, 50, 12, 2)  # 3 x 5 patches, cores of three sizes
     for _ in range(20):
         losses = np.sort(rng.random((len(tiles), 4)) * 10, axis=1)[:, ::-1].copy()
         losses[:, -1] = 0.0
-        moves, start = seam_moves(losses, [1.0, 2.5, 4.0, 6.0], tiles, 0)
-        expected, expected_start = gain_moves(losses, [1.0, 2.5, 4.0, 6.0])
-        assert start == expected_start and [(i, k) for _, i, k in moves] == [(i, k) for _, i, k in expected]
-        assert [g for g, _, _ in moves] == pytest.approx([g for g, _, _ in expected])
+        moves, start = gain_moves(losses, [1.0, 2.5, 4.0, 6.0], tiles, 0)
+        rows, rows_start = gain_moves(losses, [1.0, 2.5, 4.0, 6.0])
+        assert start == rows_start == 0 and [(i, k) for _, i, k in moves] == [(i, k) for _, i, k in rows]
+        gains = [g for g, _, _ in moves]
+        assert gains == pytest.approx([g for g, _, _ in rows]) and all(a >= b - 1e-9 for a, b in zip(gains, gains[1:]))
+        for i in range(len(tiles)):
+            mine = [k for _, j, k in moves if j == i]
+            assert mine == sorted(mine) and len(set(mine)) == len(mine)
 
 
-def test_seam_moves_join_the_neighbours_branch_before_opening_a_seam():
+def test_gain_moves_with_seams_join_the_neighbours_branch_before_opening_one():
     """Of two patches whose own gains are equal, the one whose neighbour is already on the full branch moves
     first: joining it removes a seam; the lone one's move pays the context of two new seams."""
-    from kdsr.builtin.policies import seam_moves
+    from kdsr.builtin.policies import gain_moves
 
     tiles = windows(10, 40, 10, 2)  # four patches in a row
     losses = np.array([[10.0, 0.0], [5.0, 0.0], [0.0, 0.0], [5.0, 0.0]])
-    moves, _ = seam_moves(losses, [1.0, 4.0], tiles, 2)
+    moves, _ = gain_moves(losses, [1.0, 4.0], tiles, 2)
     assert [i for _, i, _ in moves[:3]] == [0, 1, 3]  # 0 steepest; then 1 (beside 0), before 3 (beside 2, cheap)
     assert moves[1][0] > moves[2][0]  # the joined seam made 1's move steeper than 3's equal loss
-    without, _ = seam_moves(losses, [1.0, 4.0], tiles, 0)
+    without, _ = gain_moves(losses, [1.0, 4.0], tiles, 0)
     assert [i for _, i, _ in without[:3]] == [0, 1, 3] and without[1][0] == without[2][0]
 
 

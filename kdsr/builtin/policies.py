@@ -155,7 +155,7 @@ class Budget(Difficulty):
     then routes by what it predicts instead of by one ease order: each patch's moves to wider branches are
     ranked by the squared error they are predicted to remove per unit of cost (:func:`gain_moves`), and an
     image takes the steepest moves its budget pays for (``hold: image``; under ``cost: macs`` the context of
-    the seams a move opens or closes counted in its cost, :func:`seam_moves`) or every move steeper than the one gain
+    the seams a move opens or closes counted in its cost) or every move steeper than the one gain
     calibrated on the folder (``hold: calibration``, :func:`fit_gain_threshold`). A patch whose middle
     branch buys little over the narrow one but whose full branch buys much then skips to the full one,
     which no threshold on a single score can do.
@@ -255,7 +255,7 @@ class Budget(Difficulty):
             # with seams priced in, the toy test's time fraction missed its budget in 2 of 9 runs (0 of 6 without)
             seams = router.overlap if router.merge and self.cost == "macs" else 0
             prices = [self.prices[c.name] for c in self.ordered]
-            moves, start = seam_moves(self.losses(lr, tiles), prices, tiles, seams)
+            moves, start = gain_moves(self.losses(lr, tiles), prices, tiles, seams)
             candidates = len(moves) + 1
             plan: Callable[[int], dict[str, list[Window]]] = lambda j: self._by_level(tiles, self._levels(moves, start, len(tiles), len(moves) - j))
         else:  # the thresholds shifted by offsets between the points where a patch changes branch
@@ -310,65 +310,46 @@ def added_losses(scorer: LearnedScorer, features: np.ndarray, branches: int) -> 
     return np.maximum(np.minimum.accumulate(losses, axis=1), 0.0)
 
 
-def gain_moves(losses: np.ndarray, prices: Sequence[float]) -> tuple[list[tuple[float, int, int]], int]:
+def gain_moves(
+    losses: np.ndarray, prices: Sequence[float], tiles: Sequence[Window] | None = None, overlap: int = 0
+) -> tuple[list[tuple[float, int, int]], int]:
     """Every patch's moves to wider branches, steepest first, and the branch every patch starts on.
 
     ``losses``: N x B, the squared error per pixel each branch adds on each patch; ``prices``: each branch's
-    price per pixel (Multi-Adds or seconds). A patch starts on the cheapest branch and moves along the lower
-    convex hull of its (price, loss) points, passing over branches that buy less than their neighbours;
-    a move is ``(error removed per unit of price, patch, branch)``. Along a hull the gains fall, so in the
-    order returned each patch's moves come in turn and every prefix is a plan. Taking moves in this order
-    while the budget lasts is the greedy solution of the multiple-choice knapsack (exact for its LP
-    relaxation): the image's squared error, and so its PSNR, bought where it is cheapest. Of branches at
-    one price the first listed is kept; moves that would add error are left out."""
-    order = sorted(range(len(prices)), key=lambda k: (prices[k], k))
+    price per pixel (Multi-Adds or seconds). A patch starts on the cheapest branch; each move takes it to the
+    wider branch that removes the most error per unit of price from where it stands, so it moves along the
+    lower convex hull of its (price, loss) points, passing over branches that buy less than their neighbours.
+    A move is ``(error removed per unit of price, patch, branch)``. Taking moves in this order while the
+    budget lasts is the greedy solution of the multiple-choice knapsack (exact for its LP relaxation): the
+    image's squared error, and so its PSNR, bought where it is cheapest. Of branches at one price the first
+    listed is kept; moves that would add error are left out.
 
-    def gain(row: np.ndarray, a: int, b: int) -> float:
-        return float(row[a] - row[b]) / (prices[b] - prices[a])
-
-    moves = []
-    for i, row in enumerate(losses):
-        hull = [order[0]]
-        for k in order[1:]:
-            if prices[k] <= prices[hull[-1]]:
-                continue
-            while len(hull) >= 2 and gain(row, hull[-2], hull[-1]) <= gain(row, hull[-1], k):
-                hull.pop()
-            hull.append(k)
-        moves += [(g, i, b) for a, b in zip(hull, hull[1:]) if (g := gain(row, a, b)) >= 0]
-    moves.sort(key=lambda m: (-m[0], m[1], prices[m[2]]))
-    return moves, order[0]
-
-
-def seam_moves(losses: np.ndarray, prices: Sequence[float], tiles: Sequence[Window], overlap: int) -> tuple[list[tuple[float, int, int]], int]:
-    """:func:`gain_moves` for the patches of one image, the context their seams cost counted in each move.
-
-    Merged routing (:func:`kdsr.tiling.merge`) computes ``overlap`` LR pixels of context on both sides of
-    every edge where neighbouring patches are served by different branches, each side at its own branch's
-    price: ``overlap * edge * (price_a + price_b)``. A move that opens seams costs that much more, one that
-    joins its neighbours' branch saves it, so the greedy grows regions instead of scattering patches (on
-    Set5's small images the context was 12-17% of the Multi-Adds spent). A move's gain is the error it
-    removes over what it costs with its seams as the neighbours stand when it is taken; taking a move
-    re-prices its neighbours' next moves (a heap of every patch's steepest move, kept current), and every
-    prefix of the order is again a plan. With ``overlap`` 0 the order is :func:`gain_moves`' own; the gains
-    are in error removed per unit of price, as there."""
+    ``tiles`` (the patches of one image, as routed) with ``overlap``: the context their seams cost counts in
+    each move. Merged routing (:func:`kdsr.tiling.merge`) computes ``overlap`` LR pixels of context on both
+    sides of every edge where neighbouring patches are served by different branches, each side at its own
+    branch's price: ``overlap * edge * (price_a + price_b)``. A move that opens seams costs that much more,
+    one that joins its neighbours' branch saves it, so the greedy grows regions instead of scattering
+    patches (on Set5's small images the context was 12-17% of the Multi-Adds spent). Taking a move re-prices
+    its neighbours' next moves (a heap of every patch's steepest move, kept current); every prefix of the
+    order is a plan."""
     order = sorted(range(len(prices)), key=lambda k: (prices[k], k))
     ladder = [order[0]]
-    for k in order[1:]:  # of branches at one price the first listed, as gain_moves
+    for k in order[1:]:  # of branches at one price the first listed
         if prices[k] > prices[ladder[-1]]:
             ladder.append(k)
+    tiles = tiles or []
     cells = {(t.core[0], t.core[2]): i for i, t in enumerate(tiles)}
     ys, xs = sorted({t.core[:2] for t in tiles}), sorted({t.core[2:] for t in tiles})
     below, right = {a[0]: b[0] for a, b in zip(ys, ys[1:])}, {a[0]: b[0] for a, b in zip(xs, xs[1:])}
-    edges: list[list[tuple[int, int]]] = [[] for _ in tiles]  # each patch's (neighbour, shared edge in LR pixels)
+    edges: list[list[tuple[int, int]]] = [[] for _ in losses]  # each patch's (neighbour, shared edge in LR pixels)
     for i, t in enumerate(tiles):
         for j, edge in ((cells.get((below.get(t.core[0]), t.core[2])), t.core[3] - t.core[2]),
                         (cells.get((t.core[0], right.get(t.core[2]))), t.core[1] - t.core[0])):
             if j is not None:
                 edges[i].append((j, edge))
                 edges[j].append((i, edge))
-    pixels = [(t.core[1] - t.core[0]) * (t.core[3] - t.core[2]) for t in tiles]
-    level = [order[0]] * len(tiles)
+    pixels = [(t.core[1] - t.core[0]) * (t.core[3] - t.core[2]) for t in tiles] or [1] * len(losses)
+    level = [order[0]] * len(losses)
 
     def seams(i: int, k: int) -> float:
         return sum(overlap * e * (prices[k] + prices[level[j]]) for j, e in edges[i] if level[j] != k)
@@ -386,8 +367,8 @@ def seam_moves(losses: np.ndarray, prices: Sequence[float], tiles: Sequence[Wind
                 found = (gain, b)
         return found
 
-    version = [0] * len(tiles)  # a patch's heap entry is current while its version is
-    heap = [(-m[0], i, prices[m[1]], m[1], 0) for i in range(len(tiles)) if (m := best(i))]
+    version = [0] * len(losses)  # a patch's heap entry is current while its version is
+    heap = [(-m[0], i, prices[m[1]], m[1], 0) for i in range(len(losses)) if (m := best(i))]
     heapq.heapify(heap)
     moves: list[tuple[float, int, int]] = []
     while heap:
