@@ -207,6 +207,12 @@ def line_at(fixed: list[dict[str, Any]], macs_fraction: float) -> float | None:
     return y0 + (y1 - y0) * (macs_fraction - x0) / max(x1 - x0, 1e-12)
 
 
+def above_line(point: dict[str, Any], fixed: list[dict[str, Any]]) -> bool:
+    """Whether ``point`` lies above every fixed width: above their line at its Multi-Adds (False outside it)."""
+    line = line_at(fixed, point["macs_fraction"])
+    return line is not None and point["psnr"] > line
+
+
 def margin(point: dict[str, Any], fixed: list[dict[str, Any]]) -> str:
     """``point``'s PSNR over the fixed widths' line at its Multi-Adds, in mdB ("n/a" outside the line)."""
     line = line_at(fixed, point["macs_fraction"])
@@ -215,14 +221,18 @@ def margin(point: dict[str, Any], fixed: list[dict[str, Any]]) -> str:
 
 def targets(sets: dict[str, Any]) -> list[str]:
     """The issue's targets, each with whether this result meets it."""
+    import inspect
+
+    from kdsr.builtin.policies import budget
     from kdsr.inference import budget_held
+
+    default_measure = inspect.signature(budget).parameters["measure"].default  # what `--policy budget` routes by
 
     lines = []
     for label, row in sets.items():
         fixed = row["fixed"]
         for p in row["policies"]:  # every measure's Multi-Adds budgets (and the time budgets)
-            line = line_at(fixed, p["macs_fraction"])
-            ok = line is not None and p["psnr"] > line
+            ok = above_line(p, fixed)
             lines.append(
                 f"- {label} {p['name']} {p['budget']}: {p['psnr']:.3f} dB ({p['psnr'] - row['full_psnr']:+.3f}) at {p['macs_fraction']:.1%} "
                 f"Multi-Adds, {p['time_fraction']:.1%} time (context overhead {p['overhead']:.0%}); above the fixed widths: {'yes' if ok else 'no'}"
@@ -244,6 +254,14 @@ def targets(sets: dict[str, Any]) -> list[str]:
             )
         gaps = [abs(p["time_fraction"] - p["macs_fraction"]) for p in row["policies"]]
         lines.append(f"- {label}: time within 0.1 of Multi-Adds: {sum(g <= 0.1 for g in gaps)} of {len(gaps)} policies (largest gap {max(gaps):.3f})")
+        default = [p for p in row["policies"] if p["name"].startswith(f"budget-{default_measure}")]
+        if default:
+            above = sum(above_line(p, row["fixed"]) for p in default)
+            gaps = [abs(p["time_fraction"] - p["macs_fraction"]) for p in default]
+            lines.append(
+                f"- {label}: the budget policy as it defaults (measure {default_measure}): above the fixed widths at {above} of {len(default)} "
+                f"budgets, time within 0.1 of Multi-Adds at {sum(g <= 0.1 for g in gaps)} of {len(default)} (largest gap {max(gaps):.3f})"
+            )
     b100 = sets.get("B100")
     if b100:
         good = [p for p in b100["policies"] if p["macs_fraction"] <= 0.6 and p["psnr"] >= b100["full_psnr"] - 0.05 and p["time_fraction"] <= 0.7]

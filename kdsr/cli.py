@@ -91,7 +91,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--calibration", type=Path, required=True, help="HR image folder to calibrate the budget policy on (not an eval set)")
     t.add_argument("--budgets", default="0.3,0.5,0.7", help="comma-separated Multi-Adds fractions (default 0.3,0.5,0.7)")
     t.add_argument("--folder", action="append", type=Path, default=[], help="evaluate on this HR folder instead of the run's eval sets")
-    t.add_argument("--measure", default="redegradation", help="difficulty measure(s), comma-separated: redegradation, gradient, edge, variance, learned")
+    t.add_argument("--measure", default="learned", help="difficulty measure(s), comma-separated: learned (default), redegradation, gradient, edge, variance")
     t.add_argument("--cost", default="macs", choices=["macs", "time"], help="what the budgets are fractions of: Multi-Adds (default) or measured time")
     t.add_argument("--grid", type=int, default=20, help="score quantiles tried per branch boundary (default 20; at most the calibration patches)")
     t.add_argument("--tile", type=int, default=128)

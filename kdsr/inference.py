@@ -260,7 +260,7 @@ class Router:
         # each branch's passes timed while routing (CPU): seconds, LR pixels, passes; and the shapes seen
         self._ran: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in branches}
         self._shapes: dict[str, set[tuple[int, ...]]] = {name: set() for name in branches}
-        self._blend_price: float | None = None  # seconds per HR pixel of cross-faded output, see plan_seconds()
+        self._blend_price: float | None = None  # seconds per HR pixel of cross-faded output, see blend_price()
         policy.prepare(self)
 
     def _tile_size(self, h: int, w: int) -> tuple[int, int] | None:
@@ -312,10 +312,16 @@ class Router:
         prices, passes = self.time_prices(used), self._passes(plan, h, w)
         seconds = sum(prices[b](sum(window_pixels(t) for t in plan[b]), passes[b]) for b in used)
         if len(used) > 1:
-            if self._blend_price is None:
-                self._blend_price = self._measure_blend(self._patch_side())
-            seconds += self._blend_price * h * w * self.scale**2
+            seconds += self.blend_price() * h * w * self.scale**2
         return seconds
+
+    def blend_price(self) -> float:
+        """Seconds per HR pixel that cross-fading seams costs (:meth:`_measure_blend`), measured when first
+        asked for, then cached. A policy that times its own work asks for it before routing (as for
+        :meth:`time_prices`), so the measurement is not mistaken for the policy's seconds on an image."""
+        if self._blend_price is None:
+            self._blend_price = self._measure_blend(self._patch_side())
+        return self._blend_price
 
     def _pass_batch(self, plan: dict[str, list[Window]]) -> int:
         """Windows per forward pass of ``plan`` (each pass also holds at most ``WINDOW_PIXELS``)."""

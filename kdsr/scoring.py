@@ -178,7 +178,8 @@ class LearnedScorer:
         n = features.shape[0]
         if n < features.shape[1] + 1:
             raise KdsrError(
-                f"learned scorer: {n} calibration patch(es) for {features.shape[1]} features; give a calibration folder with more or larger images"
+                f"learned scorer: {n} calibration patch(es) for {features.shape[1]} features; give a calibration folder with more or larger images, "
+                "or a fixed measure (measure=redegradation)"
             )
         self.mean, self.std = features.mean(0), features.std(0) + 1e-9
         x = np.hstack([np.ones((n, 1)), (features - self.mean) / self.std])

@@ -103,6 +103,20 @@ def test_time_budget_router_holds_its_time_fraction(tmp_path, monkeypatch, measu
     assert share.fraction == pytest.approx(0.7, rel=0.1)  # on images it was not calibrated on
 
 
+def test_time_budget_measures_its_prices_before_the_first_image(tmp_path, monkeypatch):
+    # the cross-fade's price was measured inside the first image's search once: counted as the policy's own
+    # seconds, it made the next images' searches look 500x dearer and their budget 0.7 spent 0.60
+    prices = {"cheap": TimePrice(2e-4), "full": TimePrice(1e-3)}
+    monkeypatch.setattr(Router, "time_prices", lambda self, names=None: {n: prices[n] for n in (names or prices)})
+    measured = []
+    monkeypatch.setattr(Router, "_measure_blend", lambda self, patch: measured.append(patch) or 1e-9)
+    router = budget_router(mosaic_folder(tmp_path / "cal", 2, seed=1), 0.7, cost="time", measure="learned")
+    assert measured == [8]  # at construction: the router's patch side
+    for _, lr, _ in SRPairs(ImageFolder(mosaic_folder(tmp_path / "other", 2, seed=2)), 2):
+        router(to_float(lr))
+    assert measured == [8]  # never again while routing
+
+
 @pytest.mark.parametrize("value", [0, -0.1, 1.5])
 def test_budget_outside_0_1_is_a_one_line_error(value, tmp_path, capsys):
     with pytest.raises(KdsrError, match=r"budget must be a fraction in \(0, 1\]") as info:

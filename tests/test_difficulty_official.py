@@ -58,7 +58,7 @@ def test_benchmark_mode_uses_the_official_y_constants():
 
 def test_policies_take_the_rgb_mode():
     lr = image(40, 40, seed=7) / 255
-    for name, options in (("difficulty", {"thresholds": [30.0]}), ("budget", {"budget": 0.5, "calibration": "unused"})):
+    for name, options in (("difficulty", {"thresholds": [30.0]}), ("budget", {"budget": 0.5, "calibration": "unused", "measure": "redegradation"})):
         policy = registry("policy").create(name, {**options, "benchmark": False})
         policy.scale = 2
         assert policy.score(lr) == redegradation_psnr(lr, 2, benchmark=False) != redegradation_psnr(lr, 2)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import itertools
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,6 +54,7 @@ AUTO_MIN_PATCHES = 4  # per="auto": an image of at least this many patches is ro
 COSTS = ("macs", "time")
 HOLDS = ("image", "calibration")
 DEFAULT_GRID = 20
+SEARCH_MEMORY = 16  # time budgets: images whose search seconds price the next one's
 
 
 class Difficulty(Policy):
@@ -154,8 +157,8 @@ class Budget(Difficulty):
     ``measure: learned`` first fits :class:`kdsr.scoring.LearnedScorer` on the same calibration patches and
     then routes by what it predicts instead of by one ease order: each patch's moves to wider branches are
     ranked by the squared error they are predicted to remove per unit of cost (:func:`gain_moves`), and an
-    image takes the steepest moves its budget pays for (``hold: image``; under ``cost: macs`` the context of
-    the seams a move opens or closes counted in its cost) or every move steeper than the one gain
+    image takes the steepest moves its budget pays for (``hold: image``; the context of the seams a move
+    opens or closes counted in its cost) or every move steeper than the one gain
     calibrated on the folder (``hold: calibration``, :func:`fit_gain_threshold`). A patch whose middle
     branch buys little over the narrow one but whose full branch buys much then skips to the full one,
     which no threshold on a single score can do.
@@ -194,13 +197,17 @@ class Budget(Difficulty):
         learned = self.measure is None
         table = calibration_table(router, self.calibration, None if learned else self.score, features=learned)
         grid = self.grid or min(DEFAULT_GRID, len(table))  # None: as fine as the calibration allows
-        if len(table) < grid:
+        if not learned and len(table) < grid:  # the learned scorer has no grid; it checks its own minimum
             unit = "patch(es)" if any(r["patch"] for r in table) else "image(s)"
             raise KdsrError(
                 f"policy budget: the calibration gave {len(table)} {unit}, fewer than the budget grid of {self.grid}; "
                 f"add images to the calibration folder or lower --policy-option grid"
             )
-        self.prices = {c.name: c.macs_per_pixel for c in router.choices} if self.cost == "macs" else router.latencies()
+        if self.cost == "macs":
+            self.prices = {c.name: c.macs_per_pixel for c in router.choices}
+        else:  # measured now, not inside the first image's search, whose seconds the spend counts
+            self.prices = router.latencies()
+            router.blend_price()
         self.ordered = sorted(router.choices, key=lambda c: c.macs_per_pixel)  # cheapest first
         if learned:
             self.scorer = fit_scorer(table, router.choices)
@@ -208,7 +215,9 @@ class Budget(Difficulty):
             self.gain, self.expected = fit_gain_threshold(losses, table, router.choices, self.budget, self.prices)
         else:
             self.thresholds, self.expected = fit_thresholds(table, router.choices, self.budget, grid, self.prices)
-        self._search_seconds, self._searched = 0.0, 0  # time: the offset search's seconds per tile, running mean
+        # time: the search's seconds per tile on recent images; their median prices the next image's search
+        # (a mean let one slow search, a pause of the machine, starve the images after it)
+        self._search_seconds: collections.deque[float] = collections.deque(maxlen=SEARCH_MEMORY)
 
     def select(self, lr: torch.Tensor, choices: Sequence[Choice]) -> str:
         if self.scorer is None:
@@ -251,9 +260,7 @@ class Budget(Difficulty):
         # candidate plans, most spent first; the spend falls from one to the next (up to merging): bisect
         # for where it crosses the budget, keep the nearer side
         if learned:  # the steepest moves, their seams' context counted: all of them, all but the last, ...
-            # a time budget keeps per-patch gains: its spend counts the search's own measured seconds, and
-            # with seams priced in, the toy test's time fraction missed its budget in 2 of 9 runs (0 of 6 without)
-            seams = router.overlap if router.merge and self.cost == "macs" else 0
+            seams = router.overlap if router.merge else 0
             prices = [self.prices[c.name] for c in self.ordered]
             moves, start = gain_moves(self.losses(lr, tiles), prices, tiles, seams)
             candidates = len(moves) + 1
@@ -268,7 +275,10 @@ class Budget(Difficulty):
         timed = self.cost == "time"
         t1 = time.perf_counter()
         # a time budget pays for this policy's own work too: the scores, and the search as it ran on earlier images
-        own = (t1 - t0) + self._search_seconds * len(tiles) if timed else 0.0
+        own = 0.0
+        if timed:
+            search = statistics.median(self._search_seconds) if self._search_seconds else 0.0
+            own = (t1 - t0) + search * len(tiles)
         spend = functools.lru_cache(maxsize=None)(lambda j: router.spend(plan(j), h, w, timed, own))
         lo, hi = 0, candidates - 1  # the first plan within budget is in [lo, hi] (the last if none is)
         while lo < hi:
@@ -281,8 +291,7 @@ class Budget(Difficulty):
             lo -= 1  # just over the budget is nearer it than just under: images' misses then cancel
         groups = plan(lo)
         if timed:
-            self._searched += 1
-            self._search_seconds += ((time.perf_counter() - t1) / len(tiles) - self._search_seconds) / self._searched
+            self._search_seconds.append((time.perf_counter() - t1) / len(tiles))
         return groups
 
 
@@ -525,7 +534,7 @@ def difficulty(thresholds: list[float], measure: str = "redegradation", per: str
 def budget(
     budget: float,
     calibration: str,
-    measure: str = "redegradation",
+    measure: str = LEARNED,
     per: str = "auto",
     grid: int = DEFAULT_GRID,
     benchmark: bool = True,
@@ -533,10 +542,13 @@ def budget(
     hold: str = "image",
 ) -> Policy:
     """Routing calibrated on a folder to spend a fraction of the full branch's Multi-Adds (``cost: macs``)
-    or measured time (``cost: time``); ``measure`` also ``learned`` (a fitted scorer, routing by the error it
-    predicts each wider branch removes per unit of cost); ``per``, ``benchmark``
-    as in difficulty; ``grid``: score quantiles tried per branch boundary; ``hold``: ``image`` (each image
-    routed by patches spends the budget) or ``calibration`` (the calibrated thresholds as they are)."""
+    or measured time (``cost: time``). ``measure``: ``learned`` (default: a scorer fitted on the folder,
+    routing by the error it predicts each wider branch removes per unit of cost; on the bench's Pro-CSD
+    network the one measure above the fixed widths at every budget, bench/README.md) or a fixed measure
+    whose score quantiles are calibrated (``redegradation``: Dynamic-CSD's rule; ``edge``: ARM's; ``gradient``,
+    ``variance``); ``per``, ``benchmark`` as in difficulty; ``grid``: score quantiles tried per branch
+    boundary (fixed measures); ``hold``: ``image`` (each image routed by patches spends the budget) or
+    ``calibration`` (the calibrated thresholds as they are)."""
     return Budget(budget, calibration, measure, per, grid, benchmark, cost, hold)
 
 

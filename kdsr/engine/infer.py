@@ -167,7 +167,7 @@ def tradeoff(
     folders: list[Path] | None = None,
     tile: int | str | None = 128,
     overlap: int = 16,
-    measure: str | Sequence[str] = "redegradation",
+    measure: str | Sequence[str] = "learned",
     grid: int = 20,
     cost: str = "macs",
 ) -> dict[str, Any]:
