@@ -64,32 +64,49 @@ def train(work: Path, quick: bool) -> Path:
     return run
 
 
+TIMED_SECONDS = 3.0  # a set is timed over rounds until its reference has run this long (Set5: about 5 rounds)
+MAX_ROUNDS = 8
+
+
 def measure(router, pairs, metric, scale: int, ref=None) -> dict[str, Any]:
-    """PSNR, Multi-Adds and wall seconds of ``router`` over ``pairs``, timed on a second pass: the first
-    one pays what a new window shape costs once (oneDNN primitives, allocations), which merged windows of
-    many shapes and whole images of two orientations would otherwise pay unevenly. With a ``ref`` router
-    (the full branch), each image of the timed pass is also run by it, right after: ``ref_seconds`` was
-    measured beside this router's, image by image, so a drift of the machine over the minutes a set takes
-    cancels in their ratio (two passes minutes apart differed by 12 points of time fraction)."""
+    """PSNR, Multi-Adds and wall seconds of ``router`` over ``pairs``, per round of the set, timed after an
+    untimed pass: the first one pays what a new window shape costs once (oneDNN primitives, allocations),
+    which merged windows of many shapes and whole images of two orientations would otherwise pay unevenly.
+    With a ``ref`` router (the full branch), each image of a timed round is also run by it, right after:
+    ``ref_seconds`` was measured beside this router's, image by image, so a drift of the machine over the
+    minutes a set takes cancels in their ratio (two passes minutes apart differed by 12 points of time
+    fraction). Rounds repeat until the reference (or the router) has run ``TIMED_SECONDS``: one pass of a
+    small image is noisy here (w0.5 over w1.0 on one 72x72 LR image: 0.24 to 0.35 between deciles of 40
+    pairs), and Set5's five images are 0.5 s a round; every round's routing is counted (a time budget's
+    prices move as it runs)."""
     from kdsr.data import quantize, to_float
 
     for _, lr_u8, _ in pairs:
         router(to_float(lr_u8))
-    scores, seconds, ref_seconds, macs, computed, area = [], 0.0, 0.0, 0.0, 0, 0
-    for _, lr_u8, hr_u8 in pairs:
-        lr = to_float(lr_u8)
-        t0 = time.perf_counter()
-        out = router(lr)
-        seconds += time.perf_counter() - t0
-        if ref is not None:
+    scores, seconds, ref_seconds, macs, computed, area, rounds = [], 0.0, 0.0, 0.0, 0, 0, 0
+    while rounds < MAX_ROUNDS and (ref_seconds if ref is not None else seconds) < TIMED_SECONDS:
+        rounds += 1
+        for _, lr_u8, hr_u8 in pairs:
+            lr = to_float(lr_u8)
             t0 = time.perf_counter()
-            ref(lr)
-            ref_seconds += time.perf_counter() - t0
-        scores.append(metric(quantize(out.sr[0]), to_float(hr_u8), scale))
-        macs += out.macs
-        computed += sum(out.pixels.values())
-        area += lr.shape[-2] * lr.shape[-1]
-    return {"psnr": statistics.fmean(scores), "macs": macs, "seconds": seconds, "ref_seconds": ref_seconds, "overhead": computed / area - 1}
+            out = router(lr)
+            seconds += time.perf_counter() - t0
+            if ref is not None:
+                t0 = time.perf_counter()
+                ref(lr)
+                ref_seconds += time.perf_counter() - t0
+            scores.append(metric(quantize(out.sr[0]), to_float(hr_u8), scale))
+            macs += out.macs
+            computed += sum(out.pixels.values())
+            area += lr.shape[-2] * lr.shape[-1]
+    return {
+        "psnr": statistics.fmean(scores),
+        "macs": macs / rounds,
+        "seconds": seconds / rounds,
+        "ref_seconds": ref_seconds / rounds,
+        "overhead": computed / area - 1,
+        "rounds": rounds,
+    }
 
 
 def headroom(fixed_routers: dict[str, Any], pairs, metric, scale: int, tile: int, overlap: int, budgets: tuple[float, ...]) -> list[dict[str, Any]]:
@@ -185,11 +202,11 @@ def bench(run: Path, calibration: Path, sets: tuple[str, ...], budgets: tuple[fl
         full_router = fixed_routers[full_name]
         for name, router in sorted(fixed_routers.items(), key=lambda kv: kv[1].cost[kv[0]]):
             r = ref if name == full_name else measure(router, pairs, metric, models.scale, full_router)
-            row["fixed"].append({"name": name, "psnr": r["psnr"], **fractions(r)})
+            row["fixed"].append({"name": name, "psnr": r["psnr"], **fractions(r), "rounds": r["rounds"]})
         for name, b, router in policies:
             r = measure(router, pairs, metric, models.scale, full_router)
             # overhead: LR pixels the windows computed beyond one whole-image pass (the patches' context where branches meet)
-            row["policies"].append({"name": name, "budget": b, "psnr": r["psnr"], **fractions(r), "overhead": r["overhead"]})
+            row["policies"].append({"name": name, "budget": b, "psnr": r["psnr"], **fractions(r), "overhead": r["overhead"], "rounds": r["rounds"]})
         row["headroom"] = headroom(fixed_routers, pairs, metric, models.scale, tile, overlap, budgets)
         out[label] = row
         print(label, json.dumps(row, indent=1), flush=True)
@@ -339,8 +356,9 @@ def write_report(name: str, result: dict[str, Any], setup_: dict[str, Any], info
         f"Run `{run}`; commit {info['commit']} (dirty tree: {info.get('dirty_tree')}), {info.get('date', '')}.",
         f"Patches of {tile} LR px, overlap {overlap}; budgets calibrated per patch on `{calibration}`.",
         "Fractions are against one whole-image pass of the full branch; fixed widths are whole-image passes; policies route "
-        "patches, neighbours served by one branch merged into one window, timed on a second pass over each set, each image "
-        "followed by the full branch's whole-image pass (the time fraction's reference, measured beside it).",
+        "patches, neighbours served by one branch merged into one window, timed after an untimed pass over each set, each image "
+        "followed by the full branch's whole-image pass (the time fraction's reference, measured beside it), in rounds of the "
+        f"set until the reference has run {TIMED_SECONDS:g} s (at most {MAX_ROUNDS}; `rounds` in the json).",
         "",
         "## Targets",
         "",
