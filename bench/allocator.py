@@ -1,6 +1,7 @@
-"""What ``KDSR_ALLOCATOR=reuse`` (kdsr/allocator.py: glibc keeps freed tensors' memory) is worth over the
-default ``thp`` (huge pages, glibc's malloc defaults): the same jobs under each, each in its own process,
-the two settings alternating so that a drift of the machine hits both.
+"""What the default ``KDSR_ALLOCATOR=reuse`` (kdsr/allocator.py: glibc keeps freed tensors' memory) is worth
+over ``thp`` (huge pages, glibc's malloc defaults; kdsr's default before the dynamic bench's time fractions):
+the same jobs under each, each in its own process, the two settings alternating so that a drift of the
+machine hits both.
 
 Jobs (CPU, 2 threads, EDSR-baseline x4), in this order, so inference meets glibc as a fresh ``kdsr infer``
 process does (a training step first would have tuned glibc's mmap threshold):
@@ -104,11 +105,11 @@ def main() -> None:
             print(name, runs[name][-1], flush=True)
     keys = [k for k in runs["reuse"][0] if k != "mallopt"]
     med = {name: {k: statistics.median(r[k] for r in rs) for k in keys} for name, rs in runs.items()}
-    rows = ["| job | reuse | thp (default) | thp / reuse |", "|---|---|---|---|"]
+    rows = ["| job | reuse (default) | thp | thp / reuse |", "|---|---|---|---|"]
     for k in keys:
         a, b = med["reuse"][k], med["thp"][k]
         rows.append(f"| {k} | {a:.4g} | {b:.4g} | {b / a:.2f} |" if a else f"| {k} | {a:.4g} | {b:.4g} | - |")
-    md = f"# Allocator: KDSR_ALLOCATOR=reuse vs the default thp ({args.pairs} alternating process pairs, medians)\n\n" + "\n".join(rows) + "\n"
+    md = f"# Allocator: the default KDSR_ALLOCATOR=reuse vs thp ({args.pairs} alternating process pairs, medians)\n\n" + "\n".join(rows) + "\n"
     write_result("allocator_quick" if args.quick else "allocator", {"pairs": args.pairs, "runs": runs, "median": med}, md)
     print(md)
 

@@ -7,8 +7,8 @@ with it; see :mod:`kdsr.api`). Everything else is internal.
 
 from kdsr import allocator
 
-# Large CPU tensors on transparent huge pages (KDSR_ALLOCATOR: thp by default, reuse, default; see
-# kdsr/allocator.py): must run before torch's first allocation.
+# Freed CPU tensors reused and large ones on transparent huge pages (KDSR_ALLOCATOR: reuse by default,
+# thp, default; see kdsr/allocator.py): must run before torch's first allocation.
 allocator.configure()
 
 __version__ = "0.1.0"

@@ -1,18 +1,22 @@
 """How CPU tensors get their memory (``KDSR_ALLOCATOR``, read when kdsr is imported, before torch allocates).
 
-* ``thp`` (default): ``THP_MEM_ALLOC_ENABLE=1``, PyTorch's own switch (read at its first allocation): blocks
-  of 2 MiB and more on transparent huge pages. On the VMs measured here a page fault is costly, and fresh
-  4 KB pages for every full-width activation dominated the memory-bound layers (EDSR-baseline x4 to 720p at
-  full width 1.33-1.49x faster, bench/README.md). A THP_MEM_ALLOC_ENABLE already set is respected.
-* ``reuse``: also glibc ``mallopt`` so freed activations are reused instead of handed back to the OS and
-  faulted in again: blocks up to 32 MiB (glibc's largest mmap threshold) from the heap, freed heap memory
-  kept (trim threshold 1 GiB). Page faults per forward fall from ~9,000 to 0 (EDSR-baseline, 720p output),
-  but in alternating process pairs (``bench/allocator.py``) only tiled 4K inference got faster (1.16x);
-  whole-image inference and training steps did not measurably, and a training process's peak RSS grew
-  1.55 -> 2.28 GiB. Hence opt-in. Without glibc (musl, macOS) it is ``thp``.
+* ``reuse`` (default): ``THP_MEM_ALLOC_ENABLE=1``, PyTorch's own switch (read at its first allocation), so
+  blocks of 2 MiB and more sit on transparent huge pages, and glibc ``mallopt`` so freed activations are
+  reused instead of handed back to the OS and faulted in again: blocks up to 32 MiB (glibc's largest mmap
+  threshold) from the heap, freed heap memory kept (trim threshold 1 GiB). On the VMs measured here a page
+  fault is costly: page faults per forward fall from ~8,500 to ~300 (EDSR-baseline x4 to 720p), and in
+  alternating process pairs (``bench/allocator.py``) 720p inference at 64 channels ran 1.06x, tiled 4K 1.15x
+  and 64-channel training steps 1.21x faster than under ``thp``; single 52 px windows and training steps of
+  a 16-channel network 0.89x / 0.94x (slower); peak RSS 0.96 vs 0.87 GiB after inference, 2.26 vs 2.30 GiB
+  after training. Routed small images gain most: a conv whose fresh 3 MB output faulted in on huge pages
+  took 5.4 ms against 2.4 ms reused (a 32-channel branch on a 40 px window), and the dynamic bench's time
+  fractions came within 0.1 of their Multi-Adds at 52 of 54 policies against 47 (bench/README.md).
+  Without glibc (musl, macOS) it is ``thp``.
+* ``thp``: the huge pages only, glibc's malloc defaults (kdsr's default until the dynamic bench above).
 * ``default``: neither; torch and libc as they are.
 
-Effective only when kdsr is imported before torch allocates (the CLI, the bench scripts).
+A THP_MEM_ALLOC_ENABLE already set is respected. Effective only when kdsr is imported before torch
+allocates (the CLI, the bench scripts).
 """
 
 from __future__ import annotations
@@ -27,16 +31,17 @@ MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum (DEFAULT_MMAP_THRESHOLD_MAX on 64
 TRIM_THRESHOLD = 2**30
 
 MODES = ("thp", "reuse", "default")
+DEFAULT = "reuse"
 
 state: dict[str, object] = {"mode": None, "mallopt": False, "thp": None}
 
 
 def configure() -> dict[str, object]:
     """Apply ``KDSR_ALLOCATOR`` (idempotent); returns what is in effect, for provenance."""
-    mode = os.environ.get("KDSR_ALLOCATOR", "thp").lower()
+    mode = os.environ.get("KDSR_ALLOCATOR", DEFAULT).lower()
     if mode not in MODES:
-        warnings.warn(f"KDSR_ALLOCATOR={mode!r} is not one of {', '.join(MODES)}; using thp (unset it to silence this)", stacklevel=2)
-        mode = "thp"
+        warnings.warn(f"KDSR_ALLOCATOR={mode!r} is not one of {', '.join(MODES)}; using {DEFAULT} (unset it to silence this)", stacklevel=2)
+        mode = DEFAULT
     state["mode"] = mode
     if mode != "default":
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
