@@ -8,10 +8,10 @@
   alternating process pairs (``bench/allocator.py``) 720p inference at 64 channels ran 1.06x, tiled 4K 1.15x
   and 64-channel training steps 1.21x faster than under ``thp``; single 52 px windows and training steps of
   a 16-channel network 0.89x / 0.94x (slower); peak RSS 0.96 vs 0.87 GiB after inference, 2.26 vs 2.30 GiB
-  after training. Routed small images gain most: a conv whose fresh 3 MB output faulted in on huge pages
-  took 5.4 ms against 2.4 ms reused (a 32-channel branch on a 40 px window), and the dynamic bench's time
-  fractions came within 0.1 of their Multi-Adds at 52 of 54 policies against 47 (bench/README.md).
-  Without glibc (musl, macOS) it is ``thp``.
+  after training. Routed small images gain most: a conv whose 3 MB output was mapped and faulted in
+  afresh on every pass took 5.4 ms against 2.4 ms reused (a 32-channel branch on a 40 px window), and the
+  dynamic bench's time fractions came within 0.1 of their Multi-Adds at 51 and 52 of 54 policies in two
+  runs against 47 (bench/README.md). Without glibc (musl, macOS) it is ``thp``.
 * ``thp``: the huge pages only, glibc's malloc defaults (kdsr's default until the dynamic bench above).
 * ``default``: neither; torch and libc as they are.
 
