@@ -12,7 +12,9 @@
   afresh on every pass took 5.4 ms against 2.4 ms reused (a 32-channel branch on a 40 px window), and the
   dynamic bench's time fractions came within 0.1 of their Multi-Adds at 51 and 52 of 54 policies in two
   runs against 47 (bench/README.md). Without glibc (musl, macOS) it is ``thp``.
-* ``thp``: the huge pages only, glibc's malloc defaults (kdsr's default until the dynamic bench above).
+* ``thp``: the huge pages only, glibc's malloc defaults (kdsr's default until the dynamic bench above):
+  against ``default``, fresh 4 KB pages for every full-width activation had dominated the memory-bound
+  layers (EDSR-baseline x4 to 720p at full width 1.33-1.49x faster with huge pages, bench/README.md).
 * ``default``: neither; torch and libc as they are.
 
 A THP_MEM_ALLOC_ENABLE already set is respected. Effective only when kdsr is imported before torch
