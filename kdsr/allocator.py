@@ -4,14 +4,15 @@
   blocks of 2 MiB and more sit on transparent huge pages, and glibc ``mallopt`` so freed activations are
   reused instead of handed back to the OS and faulted in again: blocks up to 32 MiB (glibc's largest mmap
   threshold) from the heap, freed heap memory kept (trim threshold 1 GiB). On the VMs measured here a page
-  fault is costly: page faults per forward fall from ~8,500 to ~300 (EDSR-baseline x4 to 720p), and in
-  alternating process pairs (``bench/allocator.py``) 720p inference at 64 channels ran 1.06x, tiled 4K 1.15x
-  and 64-channel training steps 1.21x faster than under ``thp``; single 52 px windows and training steps of
-  a 16-channel network 0.89x / 0.94x (slower); peak RSS 0.96 vs 0.87 GiB after inference, 2.26 vs 2.30 GiB
-  after training. Routed small images gain most: a conv whose 3 MB output was mapped and faulted in
-  afresh on every pass took 5.4 ms against 2.4 ms reused (a 32-channel branch on a 40 px window), and the
-  dynamic bench's time fractions came within 0.1 of their Multi-Adds at 51 and 52 of 54 policies in two
-  runs against 47 (bench/README.md). Without glibc (musl, macOS) it is ``thp``.
+  fault is costly: page faults per forward fall from ~8,800 to ~140 (EDSR-baseline x4 to 720p), and in
+  alternating process pairs (``bench/allocator.py``, 3 pairs at c4b2c8f) 720p inference at 64 channels ran
+  1.03x, tiled 4K 1.09x and 64-channel training steps 1.07x faster than under ``thp``, 16-channel inference,
+  single 52 px windows and training steps within 2% (0.99-1.02x); peak RSS 0.98 vs 0.89 GiB after
+  inference, 2.27 vs 2.23 GiB after training (the run at 6c541d8: 1.06x / 1.15x / 1.21x, 16 channels
+  0.89-1.01x). Routed small images gain most: a conv whose 3 MB output was mapped and faulted in afresh on
+  every pass took 5.4 ms against 2.4 ms reused (a 32-channel branch on a 40 px window), and the dynamic
+  bench's time fractions came within 0.1 of their Multi-Adds at 51 and 52 of 54 policies in two runs
+  against 47 (bench/README.md). Without glibc (musl, macOS) it is ``thp``.
 * ``thp``: the huge pages only, glibc's malloc defaults (kdsr's default until the dynamic bench above):
   against ``default``, fresh 4 KB pages for every full-width activation had dominated the memory-bound
   layers (EDSR-baseline x4 to 720p at full width 1.33-1.49x faster with huge pages, bench/README.md).
