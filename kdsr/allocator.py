@@ -9,8 +9,8 @@
   1.03x, tiled 4K 1.09x and 64-channel training steps 1.07x faster than under ``thp``, 16-channel inference,
   single 52 px windows and training steps within 2% (0.99-1.02x); peak RSS 0.98 vs 0.89 GiB after
   inference, 2.27 vs 2.23 GiB after training (the run at 6c541d8: 1.06x / 1.15x / 1.21x, 16 channels
-  0.89-1.01x). Routed small images gain most: a conv whose 3 MB output was mapped and faulted in afresh on
-  every pass took 5.4 ms against 2.4 ms reused (a 32-channel branch on a 40 px window), and the dynamic
+  0.89-1.01x). Routed small images gain most: a conv whose 3 MB output glibc's defaults hand back and map
+  afresh took 4.7-5.4 ms a pass against 2.4 ms reused (a 32-channel branch on a 40 px window), and the dynamic
   bench's time fractions came within 0.1 of their Multi-Adds at 51 and 52 of 54 policies in two runs
   against 47 (bench/README.md). Without glibc (musl, macOS) it is ``thp``.
 * ``thp``: the huge pages only, glibc's malloc defaults (kdsr's default until the dynamic bench above):
